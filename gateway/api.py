@@ -1,0 +1,177 @@
+"""HTTP routes of design.md's contract (aiohttp web layer).
+
+Errors are JSON `{code, message, errors?}`. Writes need a client's bearer token; reads of a
+warning's state and receipts are open, as design.md's contract lists no 401 for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.clients import Authenticator
+from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
+from gateway.ingest import Ingest, utc_now
+from gateway.metrics import Metrics
+from gateway.store import Store
+
+log = logging.getLogger("gateway.api")
+
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+INGEST = web.AppKey("ingest", Ingest)
+AUTH = web.AppKey("auth", Authenticator)
+METRICS = web.AppKey("metrics", Metrics)
+MAX_BODY = web.AppKey("max_body", int)
+
+JSON_TYPES = {"application/json", "text/json"}
+CAP_TYPE = "application/cap+xml"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as a JSON body; nothing internal leaks to the client."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return json_response(exc.body(), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return json_response({"code": code, "message": exc.reason}, exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"code": "internal_error", "message": "internal error"}, 500)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual)."""
+    too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_warning(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        client = app[AUTH].authenticate(request.headers.get("Authorization"))
+        ctype = request.content_type
+        if ctype == CAP_TYPE:
+            raise UnsupportedMedia(
+                "CAP 1.2 ingest is not supported by this gateway version yet; send JSON"
+            )
+        if ctype not in JSON_TYPES and request.headers.get("Content-Type"):
+            raise UnsupportedMedia(f"Content-Type {ctype} is not accepted; send application/json")
+        raw = await read_body(request, app[MAX_BODY])
+        status, answer = await app[INGEST].submit(raw, client)
+    except RequestError as exc:
+        metrics.warnings.labels(exc.code if exc.status != 403 else "refused").inc()
+        raise
+    finally:
+        metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return json_response(answer, status)
+
+
+async def get_warning(request: web.Request) -> web.Response:
+    wid = request.match_info["id"]
+    stored = await request.app[STORE].get_warning(wid)
+    if stored is None:
+        raise NotFound(f"no warning {wid}")
+    status = stored.state
+    if status == "active" and utc_now() >= stored.expires_at:
+        status = "expired"
+    w = stored.warning
+    return json_response(
+        {
+            "id": stored.id,
+            "status": status,
+            "received_at": stored.received_at.isoformat(),
+            "expires_at": w["expires_at"],
+            "msg_type": w.get("msg_type", "alert"),
+            "hazard": w["hazard"],
+            "level": w["level"],
+            "authorization": stored.authorization,
+            "channels": {},
+            "blind_spots": stored.answer.get("blind_spots", []),
+            "warning": w,
+        }
+    )
+
+
+async def get_receipts(request: web.Request) -> web.Response:
+    wid = request.match_info["id"]
+    entries = await request.app[STORE].entries_for(wid)
+    if not entries:
+        raise NotFound(f"no ledger entries for {wid}")
+    start = datetime.fromisoformat(entries[0].at)
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        item = e.as_json()
+        item["elapsed_ms"] = round((datetime.fromisoformat(e.at) - start).total_seconds() * 1000, 3)
+        out.append(item)
+    stages: dict[str, float] = {}
+    for item in out:
+        stages.setdefault(item["stage"], item["elapsed_ms"])
+    return json_response({"warning_id": wid, "entries": out, "stage_elapsed_ms": stages})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except Exception as exc:
+        log.warning("health check: store unavailable: %s", exc)
+        return json_response({"status": "unavailable", "store": "down"}, 503)
+    return json_response({"status": "ok", "store": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document shipped in the package (gateway/openapi.json)."""
+    text = resources.files("gateway").joinpath("openapi.json").read_text(encoding="utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/warnings", post_warning)
+    app.router.add_get("/v1/warnings/{id}", get_warning)
+    app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,121 @@
+"""The `gateway` command (also `python -m gateway`).
+
+Exit codes: 0 success, 1 the operation failed (a lost delivery, a broken ledger, a refused
+warning), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from gateway import __version__
+from gateway.app import build_app
+from gateway.clients import token_env, warn_tokenless
+from gateway.config import load_settings
+from gateway.exceptions import ConfigError, LedgerCorrupt
+from gateway.ledger import verify
+from gateway.store import open_store
+
+log = logging.getLogger("gateway")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+SEND_TIMEOUT = ClientTimeout(total=30)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--config", type=Path, help="config directory (default: ./config)")
+    serve.add_argument("--listen", help="HOST:PORT (overrides GATEWAY_LISTEN and gateway.yaml)")
+
+    drill = sub.add_parser("drill", help="run a sample red warning through the whole flow")
+    drill.add_argument("--config", type=Path, help="config directory (default: ./config)")
+    drill.add_argument("--json", action="store_true", help="print one JSON summary")
+
+    send = sub.add_parser("send", help="POST a warning file (JSON) to a running gateway")
+    send.add_argument("file", type=Path)
+    send.add_argument("--url", help="gateway base URL (default: from GATEWAY_LISTEN/config)")
+    send.add_argument("--client", default="platform", help="client whose token to use")
+    send.add_argument("--config", type=Path)
+
+    ledger = sub.add_parser("ledger", help="ledger tools")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    lverify = lsub.add_parser("verify", help="check the ledger's hash chain")
+    lverify.add_argument("--config", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "drill":
+            from gateway.drill import run_drill
+
+            return run_drill(args.config, as_json=args.json)
+        if args.command == "send":
+            return asyncio.run(_send(args))
+        return asyncio.run(_ledger_verify(args))
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc.file}: {exc.key}: {exc.reason}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, listen=args.listen)
+    app = build_app(settings)
+    warn_tokenless(settings.clients)
+    log.info("serving on %s:%d, config %s", settings.host, settings.port, settings.config_dir)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    try:
+        body = args.file.read_bytes()
+    except OSError as exc:
+        print(f"gateway send: {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    token = os.environ.get(token_env(args.client))
+    if not token:
+        print(f"gateway send: set {token_env(args.client)}", file=sys.stderr)
+        return EXIT_CONFIG
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/") + "/v1/warnings"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with (
+        ClientSession(timeout=SEND_TIMEOUT) as http,
+        http.post(url, data=body, headers=headers) as resp,
+    ):
+        text = await resp.text()
+        print(f"{resp.status} {text}")
+        return 0 if resp.status in (200, 202) else EXIT_FAILED
+
+
+async def _ledger_verify(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    async with open_store(settings.store_url) as store:
+        try:
+            count = await verify(store.ledger())
+        except LedgerCorrupt as exc:
+            print(f"ledger broken at entry {exc.seq}: {exc.reason}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"ledger ok: {count} entries verified")
+    return 0

@@ -1,0 +1,112 @@
+"""Every error the gateway raises on purpose, under one root.
+
+GatewayError
+├── ConfigError            bad or missing configuration (file, key, reason); exit code 2
+├── RequestError           a request the gateway answers with an error body
+│   ├── InvalidWarning     400, with every field error of the body
+│   ├── PayloadTooLarge    413
+│   ├── Unauthenticated    401
+│   ├── Refused            403, an authority refusal with its `code` (annex 1, art. 15)
+│   ├── NotFound           404
+│   ├── Conflict           409
+│   ├── UnsupportedMedia   415
+│   └── NotImplementedYet  501, a contract feature this version does not have yet
+└── LedgerCorrupt          the hash chain does not verify; names the first bad entry
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Root of the gateway's own errors."""
+
+
+class ConfigError(GatewayError):
+    """A configuration file or environment override is wrong."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file, self.key, self.reason = file, key, reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field of a request body; `field` is a dotted path."""
+
+    field: str
+    reason: str
+
+
+class RequestError(GatewayError):
+    """An error answered to the client as JSON `{code, message, errors?}`."""
+
+    status: ClassVar[int] = 400
+    default_code: ClassVar[str] = "bad_request"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, errors: list[FieldError] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.errors = errors or []
+
+    def body(self) -> dict[str, object]:
+        """The JSON error body."""
+        out: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.errors:
+            out["errors"] = [{"field": e.field, "reason": e.reason} for e in self.errors]
+        return out
+
+
+class InvalidWarning(RequestError):
+    status = 400
+    default_code = "invalid_body"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class Unauthenticated(RequestError):
+    status = 401
+    default_code = "unauthenticated"
+
+
+class Refused(RequestError):
+    """An authority refusal; `code` is one of the contract's refusal codes."""
+
+    status = 403
+    default_code = "issuer_not_authorized"
+
+
+class NotFound(RequestError):
+    status = 404
+    default_code = "not_found"
+
+
+class Conflict(RequestError):
+    status = 409
+    default_code = "conflict"
+
+
+class LedgerCorrupt(GatewayError):
+    """The ledger's hash chain breaks at entry `seq`."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq, self.reason = seq, reason
+        super().__init__(f"ledger entry {seq}: {reason}")
+
+
+class UnsupportedMedia(RequestError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class NotImplementedYet(RequestError):
+    status = 501
+    default_code = "not_implemented"

@@ -1,0 +1,1 @@
+"""Policies: small, replaceable decisions (authority, and later routing, retry, coverage)."""

@@ -1,0 +1,20 @@
+"""Durable storage behind one protocol; SQLite is the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.store.base import Store, StoredWarning
+from gateway.store.sqlite import SqliteStore
+
+__all__ = ["SqliteStore", "Store", "StoredWarning", "open_store", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///rel.db` → rel.db (from the working directory); `sqlite:////a.db` → /a.db."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def open_store(url: str) -> Store:
+    """The store a validated URL names; enter it with `async with` before use."""
+    return SqliteStore(sqlite_path(url))

@@ -1,0 +1,259 @@
+"""SQLite store (WAL, aiosqlite) with group commit.
+
+One writer task owns the write connection and commits whatever is queued as one transaction
+(`synchronous=FULL`: durable on commit), so concurrent ingests share one fsync. It alone extends
+the hash chain, which keeps the ledger strictly ordered. Reads use a second connection and so
+never see a transaction that has not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+
+from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, chain, timestamp
+from gateway.store.base import StoredWarning
+
+log = logging.getLogger("gateway.store")
+
+MAX_BATCH = 256
+BUSY_TIMEOUT_MS = 10_000
+LEDGER_PAGE = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS warnings (
+    id TEXT PRIMARY KEY,
+    body_hash TEXT NOT NULL,
+    warning TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    authorization TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY,
+    warning_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_by_warning ON ledger (warning_id, seq);
+"""
+
+_WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
+
+
+@dataclass
+class _Write:
+    entries: Sequence[LedgerDraft]
+    warning: StoredWarning | None = None
+    done: asyncio.Future[tuple[StoredWarning, bool] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _to_warning(row: aiosqlite.Row) -> StoredWarning:
+    return StoredWarning(
+        id=row[0],
+        body_hash=row[1],
+        warning=json.loads(row[2]),
+        answer=json.loads(row[3]),
+        state=row[4],
+        received_at=datetime.fromisoformat(row[5]),
+        expires_at=datetime.fromisoformat(row[6]),
+        authorization=json.loads(row[7]),
+    )
+
+
+def _warning_row(w: StoredWarning) -> tuple[str, ...]:
+    return (
+        w.id,
+        w.body_hash,
+        json.dumps(w.warning, ensure_ascii=False),
+        json.dumps(w.answer, ensure_ascii=False),
+        w.state,
+        timestamp(w.received_at),
+        timestamp(w.expires_at),
+        json.dumps(w.authorization, ensure_ascii=False),
+    )
+
+
+def _to_entry(row: aiosqlite.Row) -> LedgerEntry:
+    return LedgerEntry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
+
+
+class SqliteStore:
+    """The embedded store; see the module docstring for how writes are batched."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._seq = 0
+        self._hash = GENESIS
+
+    async def __aenter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._w = await self._connect()
+        await self._w.executescript(_SCHEMA)
+        async with self._w.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1") as c:
+            last = await c.fetchone()
+        if last is not None:
+            self._seq, self._hash = int(last[0]), str(last[1])
+        self._r = await self._connect()
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+        for conn in (self._r, self._w):
+            if conn is not None:
+                await conn.close()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def accept(
+        self, warning: StoredWarning, entries: Sequence[LedgerDraft]
+    ) -> tuple[StoredWarning, bool]:
+        result = await self._submit(_Write(entries, warning))
+        assert result is not None
+        return result
+
+    async def append(self, entries: Sequence[LedgerDraft]) -> None:
+        if entries:
+            await self._submit(_Write(entries))
+
+    async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("the store is not open")
+        await self._queue.put(write)
+        return await write.done
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # the callers learn of it; the writer carries on
+                log.exception("store write of %d item(s) failed", len(batch))
+                for w in batch:
+                    if not w.done.done():
+                        w.done.set_exception(exc)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        assert self._w is not None
+        ids = [w.warning.id for w in batch if w.warning is not None]
+        known: dict[str, StoredWarning] = {}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({marks})"
+            async with self._w.execute(sql, ids) as cur:
+                known = {row[0]: _to_warning(row) async for row in cur}
+        results: list[tuple[StoredWarning, bool] | None] = []
+        new_rows: list[tuple[str, ...]] = []
+        ledger_rows: list[tuple[object, ...]] = []
+        seq, prev = self._seq, self._hash
+        for w in batch:
+            result: tuple[StoredWarning, bool] | None = None
+            if w.warning is not None:
+                prior = known.get(w.warning.id)
+                if prior is not None:
+                    results.append((prior, False))
+                    continue
+                known[w.warning.id] = w.warning
+                new_rows.append(_warning_row(w.warning))
+                result = (w.warning, True)
+            for draft in w.entries:
+                seq += 1
+                e = chain(prev, seq, draft)
+                prev = e.hash
+                data = json.dumps(e.data, ensure_ascii=False)
+                ledger_rows.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
+            results.append(result)
+        await self._w.execute("BEGIN IMMEDIATE")
+        try:
+            if new_rows:
+                marks = ",".join("?" * 8)
+                await self._w.executemany(f"INSERT INTO warnings VALUES ({marks})", new_rows)
+            if ledger_rows:
+                await self._w.executemany("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", ledger_rows)
+            await self._w.execute("COMMIT")
+        except BaseException:
+            await self._w.execute("ROLLBACK")
+            raise
+        self._seq, self._hash = seq, prev
+        for w, r in zip(batch, results, strict=True):
+            if not w.done.done():
+                w.done.set_result(r)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_warning(self, warning_id: str) -> StoredWarning | None:
+        assert self._r is not None
+        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id = ?"
+        async with self._r.execute(sql, (warning_id,)) as cur:
+            row = await cur.fetchone()
+        return _to_warning(row) if row is not None else None
+
+    async def entries_for(self, warning_id: str) -> list[LedgerEntry]:
+        assert self._r is not None
+        sql = "SELECT * FROM ledger WHERE warning_id = ? ORDER BY seq"
+        async with self._r.execute(sql, (warning_id,)) as cur:
+            return [_to_entry(row) async for row in cur]
+
+    async def ledger(self) -> AsyncIterator[LedgerEntry]:
+        """Every entry in order, read page by page."""
+        assert self._r is not None
+        after = 0
+        while True:
+            sql = "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"
+            async with self._r.execute(sql, (after, LEDGER_PAGE)) as cur:
+                rows = list(await cur.fetchall())
+            for row in rows:
+                yield _to_entry(row)
+            if len(rows) < LEDGER_PAGE:
+                return
+            after = int(rows[-1][0])
+
+    async def ping(self) -> None:
+        assert self._r is not None
+        async with self._r.execute("SELECT 1") as cur:
+            await cur.fetchone()

@@ -1,0 +1,221 @@
+"""The `gateway` command as a user runs it: serve with env overrides, send, ledger verify, drill."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TOKENS, warning_body
+from tests.processes import GatewayProcess, run_gateway
+
+
+@pytest.fixture
+def served(config_dir: Path, env: dict[str, str], tmp_path: Path) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess({**env, "GATEWAY_CONFIG": str(config_dir)}, tmp_path).start()
+    yield gw
+    gw.stop()
+
+
+def http_json(url: str, body: object | None = None, token: str | None = None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_serve_uses_env_overrides_and_keeps_warnings_across_restart(
+    served: GatewayProcess, tmp_path: Path
+) -> None:
+    body = warning_body()
+    status, answer = http_json(served.url + "/v1/warnings", body, TOKENS["platform"])
+    assert status == 202, answer
+    served.kill()  # a crash, not a clean shutdown
+    assert (tmp_path / "gateway.db").exists()  # GATEWAY_STORE was honoured
+    served.start()
+    status, state = http_json(served.url + f"/v1/warnings/{body['id']}")
+    assert status == 200
+    assert isinstance(state, dict)
+    assert state["status"] == "active"
+
+
+def test_healthz_metrics_and_openapi(served: GatewayProcess) -> None:
+    assert http_json(served.url + "/healthz") == (200, {"status": "ok", "store": "ok"})
+    http_json(served.url + "/v1/warnings", warning_body(), TOKENS["platform"])
+    with urllib.request.urlopen(served.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'gateway_warnings_total{outcome="accepted"} 1.0' in text
+    status, doc = http_json(served.url + "/openapi.json")
+    assert status == 200
+    assert isinstance(doc, dict)
+    assert "/v1/warnings" in doc["paths"]
+
+
+def test_send_posts_a_file(served: GatewayProcess, tmp_path: Path, env: dict[str, str]) -> None:
+    file = tmp_path / "w.json"
+    body = warning_body()
+    file.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+    result = run_gateway("send", str(file), "--url", served.url, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("202 ")
+    again = run_gateway("send", str(file), "--url", served.url, env=env, cwd=tmp_path)
+    assert again.stdout.startswith("200 ")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    refused = run_gateway("send", str(bad), "--url", served.url, env=env, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("400 ")
+
+
+def test_ledger_verify_passes_then_names_the_first_edited_entry(
+    served: GatewayProcess, config_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    for _ in range(3):
+        http_json(served.url + "/v1/warnings", warning_body(), TOKENS["platform"])
+    served.stop()
+    cli_env = {**env, "GATEWAY_CONFIG": str(config_dir)}
+    ok = run_gateway("ledger", "verify", env=cli_env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "6 entries" in ok.stdout
+
+    db = sqlite3.connect(tmp_path / "gateway.db")
+    db.execute("""UPDATE ledger SET data = '{"client":"forged"}' WHERE seq = 3""")
+    db.commit()
+    db.close()
+    broken = run_gateway("ledger", "verify", env=cli_env, cwd=tmp_path)
+    assert broken.returncode == 1
+    assert "entry 3" in broken.stderr
+
+
+def test_ledger_verify_detects_a_removed_entry(
+    served: GatewayProcess, config_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    for _ in range(2):
+        http_json(served.url + "/v1/warnings", warning_body(), TOKENS["platform"])
+    served.stop()
+    db = sqlite3.connect(tmp_path / "gateway.db")
+    db.execute("DELETE FROM ledger WHERE seq = 2")
+    db.commit()
+    db.close()
+    result = run_gateway(
+        "ledger", "verify", env={**env, "GATEWAY_CONFIG": str(config_dir)}, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "entry 2" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "env_extra", "expect"),
+    [
+        pytest.param(
+            "gateway.yaml", "listen: [1, 2\n", {}, "gateway.yaml: (syntax)", id="yaml-syntax"
+        ),
+        pytest.param(
+            "gateway.yaml", "listen: nowhere\n", {}, "gateway.yaml: listen:", id="bad-listen"
+        ),
+        pytest.param(
+            "gateway.yaml",
+            "colour: red\n",
+            {},
+            "gateway.yaml: colour: Extra inputs",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "gateway.yaml",
+            "clients: {platform: {districts: [abc]}}\n",
+            {},
+            "clients.platform.districts[0]",
+            id="bad-district",
+        ),
+        pytest.param(
+            "gateway.yaml", "store: postgres://x\n", {}, "gateway.yaml: store:", id="bad-store"
+        ),
+        pytest.param(
+            "release_list.yaml", "rows: []\n", {}, "release_list.yaml: source", id="release-list"
+        ),
+        pytest.param(
+            "townships.yaml",
+            "source: x\ndistricts: [{code: '5001', name: a, townships: []}]\n",
+            {},
+            "townships.yaml: districts[0].code",
+            id="townships",
+        ),
+        pytest.param(
+            None,
+            None,
+            {"GATEWAY_LISTEN": "host-without-port"},
+            "environment: GATEWAY_LISTEN",
+            id="env-listen",
+        ),
+        pytest.param(
+            None,
+            None,
+            {"GATEWAY_STORE": "mysql://db"},
+            "environment: GATEWAY_STORE",
+            id="env-store",
+        ),
+        pytest.param(
+            None,
+            None,
+            {"GATEWAY_MQTT_URL": "http://broker"},
+            "environment: GATEWAY_MQTT_URL",
+            id="env-mqtt",
+        ),
+        pytest.param(
+            None,
+            None,
+            {"GATEWAY_SMTP_URL": "smtp://"},
+            "environment: GATEWAY_SMTP_URL",
+            id="env-smtp",
+        ),
+    ],
+)
+def test_bad_config_exits_2_naming_file_key_and_reason(
+    config_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    file: str | None,
+    content: str | None,
+    env_extra: dict[str, str],
+    expect: str,
+) -> None:
+    if file is not None and content is not None:
+        (config_dir / file).write_text(content, encoding="utf-8")
+    result = run_gateway(
+        "serve", "--config", str(config_dir), env={**env, **env_extra}, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode == 2, result.stderr
+    assert "config error" in result.stderr
+    assert expect in result.stderr
+
+
+def test_serve_listen_flag_beats_env(config_dir: Path, env: dict[str, str], tmp_path: Path) -> None:
+    gw = GatewayProcess({**env, "GATEWAY_CONFIG": str(config_dir)}, tmp_path)
+    flag_port = gw.port
+    gw.env["GATEWAY_LISTEN"] = "127.0.0.1:1"  # would fail to bind if used
+    gw.args = ("--listen", f"127.0.0.1:{flag_port}")
+    gw.start()
+    try:
+        assert http_json(gw.url + "/healthz")[0] == 200
+    finally:
+        gw.stop()
+
+
+def test_drill_json_reports_no_loss(tmp_path: Path) -> None:
+    result = run_gateway("drill", "--json", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["lost"] == 0
+    assert summary["ledger_ok"] is True
+    assert summary["warning_id"].startswith("drill-")
+    assert set(summary) == {"warning_id", "channels", "lost", "ledger_ok"}
