@@ -50,20 +50,25 @@ def government_of(warning: Warning) -> Government:
     return Government.DISTRICT if warning.issuer.district else Government.CITY
 
 
-def approval_unit_matches(given: str, required: str) -> bool:
+def approval_unit_matches(given: str, required: str, district_name: str | None = None) -> bool:
     """Whether the unit that approved (`given`) is the unit annex 1 requires.
 
-    A district-level requirement (`区县（自治县）人民政府`) is met by that district's own unit
-    (`万州区人民政府`); the city government goes by several names.
+    A district-level requirement (`区县（自治县）人民政府`) is met only by the issuer's own
+    district (`万州区人民政府`, `重庆市万州区人民政府`); a city unit also goes by its full name
+    (`重庆市规划自然资源局`), and the city government by several.
     """
     given, required = canonical_unit(given), canonical_unit(required)
-    if given == required:
-        return True
     if required.startswith(DISTRICT_PREFIX):
-        return given.endswith(required.removeprefix(DISTRICT_PREFIX))
+        if district_name is None:
+            return False
+        office = required.removeprefix(DISTRICT_PREFIX)
+        names = {district_name + office, "重庆市" + district_name + office}
+        if office.endswith("人民政府"):
+            names |= {n.replace("人民政府", "政府") for n in names}
+        return given in names
     if required == "市人民政府":
         return given in _CITY_GOVERNMENT
-    return False
+    return given == required or (required.startswith("市") and given == "重庆" + required)
 
 
 class AuthorityPolicy:
@@ -149,8 +154,10 @@ class AuthorityPolicy:
                     code="joint_issuer_missing",
                     errors=[FieldError("joint_issuers", f"missing {m}") for m in missing],
                 )
+        district = warning.issuer.district
+        district_name = self.registry.name(district) if district else None
         for rule in cell.higher_approval:
-            refusal = _check_higher_approval(warning, row, rule)
+            refusal = _check_higher_approval(warning, row, rule, district_name)
             if refusal is not None:
                 return refusal
         return Authorization(government, row.row, unit)
@@ -172,11 +179,13 @@ def _check_approval(warning: Warning) -> None:
         )
 
 
-def _check_higher_approval(warning: Warning, row: Row, rule: ApprovalRule) -> Refused | None:
+def _check_higher_approval(
+    warning: Warning, row: Row, rule: ApprovalRule, district_name: str | None
+) -> Refused | None:
     if warning.level not in rule.levels or rule.condition is not None:
         return None
     higher = warning.approval.higher_approval if warning.approval else None
-    if higher is not None and approval_unit_matches(higher.unit, rule.unit):
+    if higher is not None and approval_unit_matches(higher.unit, rule.unit, district_name):
         if higher.approved_at <= warning.sent_at:
             return None
         reason = "approved after sent_at"

@@ -1,0 +1,1 @@
+"""Channel adapters: one module per transport, all implementing `channels.base.Channel`."""

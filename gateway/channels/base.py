@@ -1,0 +1,206 @@
+"""The channel protocol every adapter implements, and the values passed to it.
+
+A channel is an async context manager (`async with channel:` opens connections, exit closes
+them) with one method, `send`, that delivers one `Message` to one `Endpoint`:
+
+- it returns an `Outcome`: `delivered=True` when the far side confirmed receipt (HTTP 2xx from a
+  partner, SMTP 250, MQTT PUBACK for a retained message), `delivered=False` when the message was
+  handed over and a receipt is expected later (an SMS provider's callback);
+- it raises `TransientDeliveryError` (timeouts, 5xx, connection errors, 429 with `retry_after`)
+  when trying again may help, `PermanentDeliveryError` when it cannot (4xx-like), and
+  `EndpointGone` when the endpoint must not be tried again (HTTP 410). Vendor exceptions are
+  wrapped at the boundary with `raise ... from exc`; the retry policy decides what happens next.
+- `message.delivery_id` is the idempotency key: the same for every attempt of one delivery, also
+  across restarts, so a far side can drop duplicates.
+
+Receipts that arrive later (board acks, provider callbacks) are passed to the `ReceiptSink` the
+channel was built with.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from gateway.exceptions import GatewayError
+
+LEVEL_COLOURS = {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}
+LEVEL_NAMES_EN = {1: "red", 2: "orange", 3: "yellow", 4: "blue"}
+
+
+class DeliveryError(GatewayError):
+    """A delivery attempt failed; subclasses tell the retry policy what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientDeliveryError(DeliveryError):
+    """Trying again may succeed; wait at least `retry_after` seconds when given."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again will not help (a 4xx-like answer, a malformed address)."""
+
+
+class EndpointGone(PermanentDeliveryError):
+    """The endpoint asked never to be called again (HTTP 410): disable it."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place a warning can go, from endpoints.yaml.
+
+    `townships` are the 9-digit codes it serves (every township of the city for city-wide
+    partners). `target` is channel-specific: the MQTT kind (`display`/`broadcast`), an SMS group
+    name, an email address, a webhook URL. `recipients` are phone numbers or email addresses;
+    `devices` the MQTT device ids that acknowledge; `secret` a webhook's `whsec_...` secret.
+    """
+
+    id: str
+    channel: str
+    townships: tuple[str, ...]
+    target: str
+    recipients: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    timeout: float | None = None
+    audiences: frozenset[str] = frozenset({"public", "responsible_persons"})
+    levels: frozenset[int] = frozenset({1, 2, 3, 4})
+    format: str = "json"
+
+    @property
+    def district(self) -> str | None:
+        """The district of a single-township endpoint (its MQTT topic needs it)."""
+        return self.townships[0][:6] if len(self.townships) == 1 else None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a channel needs of a warning: the validated fields, plus the stored JSON as is."""
+
+    id: str
+    msg_type: str
+    level: int
+    hazard: str
+    title: str
+    content: str
+    issuer_unit: str
+    sent_at: datetime
+    expires_at: datetime
+    measures: str | None = None
+    contact_phone: str | None = None
+    area_description: str | None = None
+    document: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def colour(self) -> str:
+        """红色/橙色/黄色/蓝色."""
+        return LEVEL_COLOURS[self.level]
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Notice:
+        """From a stored warning (the JSON of `gateway.model.Warning`)."""
+        return cls(
+            id=doc["id"],
+            msg_type=doc.get("msg_type", "alert"),
+            level=int(doc["level"]),
+            hazard=doc["hazard"],
+            title=doc["title"],
+            content=doc["content"],
+            issuer_unit=doc["issuer"]["unit"],
+            sent_at=datetime.fromisoformat(doc["sent_at"]),
+            expires_at=datetime.fromisoformat(doc["expires_at"]),
+            measures=doc.get("measures"),
+            contact_phone=doc.get("contact_phone"),
+            area_description=(doc.get("area") or {}).get("description"),
+            document=doc,
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery attempt: the notice, the endpoint, the idempotency key, the attempt number."""
+
+    delivery_id: str
+    notice: Notice
+    endpoint: Endpoint
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of a successful `send`; `detail` goes into the ledger (no secrets)."""
+
+    delivered: bool
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A confirmation that arrives after `send`: a board's ack, a provider's callback.
+
+    Identifies the delivery by `delivery_id` when the far side echoes it, else by
+    (`warning_id`, `endpoint_id`). `status` is `delivered`, `undelivered` or `failed`; `at` is
+    the far side's timestamp when it gives one (statuses are ordered by it).
+    """
+
+    status: str
+    at: datetime
+    source: str
+    delivery_id: str | None = None
+    warning_id: str | None = None
+    endpoint_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+ReceiptSink = Callable[[Receipt], Awaitable[None]]
+
+
+async def discard_receipt(receipt: Receipt) -> None:
+    """A ReceiptSink that drops receipts (for channels used on their own, in tests)."""
+
+
+class Channel(ABC):
+    """Base of every adapter; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @abstractmethod
+    async def send(self, message: Message) -> Outcome:
+        """Deliver one message; raise a DeliveryError subclass on failure."""
+
+
+@dataclass
+class RecordingChannel(Channel):
+    """A test double: records messages; `fail_with` makes the next sends raise it."""
+
+    name: ClassVar[str] = "recording"
+    sent: list[Message] = field(default_factory=list)
+    fail_with: list[DeliveryError] = field(default_factory=list)
+
+    async def send(self, message: Message) -> Outcome:
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        self.sent.append(message)
+        return Outcome(delivered=True, detail={"recorded": len(self.sent)})
