@@ -18,10 +18,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.clients import Authenticator
+from gateway.dispatcher import Dispatcher
+from gateway.endpoints import EndpointBook
 from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
 from gateway.ingest import Ingest, utc_now
 from gateway.metrics import Metrics
+from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
 from gateway.store import Store
+from gateway.store.base import DeliveryRecord
+from gateway.townships import Registry
 
 log = logging.getLogger("gateway.api")
 
@@ -30,6 +35,11 @@ INGEST = web.AppKey("ingest", Ingest)
 AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body", int)
+REGISTRY = web.AppKey("registry", Registry)
+BOOK = web.AppKey("book", EndpointBook)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+RECEIPTS = web.AppKey("receipts", ReceiptDesk)
+MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
 CAP_TYPE = "application/cap+xml"
@@ -105,6 +115,7 @@ async def get_warning(request: web.Request) -> web.Response:
     stored = await request.app[STORE].get_warning(wid)
     if stored is None:
         raise NotFound(f"no warning {wid}")
+    deliveries = await request.app[STORE].deliveries_for(wid)
     status = stored.state
     if status == "active" and utc_now() >= stored.expires_at:
         status = "expired"
@@ -119,11 +130,63 @@ async def get_warning(request: web.Request) -> web.Response:
             "hazard": w["hazard"],
             "level": w["level"],
             "authorization": stored.authorization,
-            "channels": {},
+            "deliveries": len(deliveries),
+            "channels": channel_counts(deliveries),
             "blind_spots": stored.answer.get("blind_spots", []),
             "warning": w,
         }
     )
+
+
+def channel_counts(deliveries: list[DeliveryRecord]) -> dict[str, dict[str, int]]:
+    """Per channel: planned, and how many are pending, sent, delivered, failed."""
+    out: dict[str, dict[str, int]] = {}
+    for d in deliveries:
+        counts = out.setdefault(
+            d.channel, {"planned": 0, "pending": 0, "sent": 0, "delivered": 0, "failed": 0}
+        )
+        counts["planned"] += 1
+        counts[d.state] = counts.get(d.state, 0) + 1
+    return out
+
+
+def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": d.id,
+        "channel": d.channel,
+        "endpoint": d.endpoint_id,
+        "state": d.state,
+        "attempts": d.attempts,
+        "detail": d.detail,
+    }
+    if d.receipt:
+        out["receipt"] = d.receipt
+    return out
+
+
+async def get_deliveries(request: web.Request) -> web.Response:
+    """Every delivery of a warning; `?state=failed` lists the dead letters."""
+    wid = request.match_info["id"]
+    if await request.app[STORE].get_warning(wid) is None:
+        raise NotFound(f"no warning {wid}")
+    deliveries = await request.app[STORE].deliveries_for(wid)
+    state = request.query.get("state")
+    if state:
+        deliveries = [d for d in deliveries if d.state == state]
+    return json_response({"warning_id": wid, "deliveries": [delivery_json(d) for d in deliveries]})
+
+
+async def post_receipt(request: web.Request) -> web.Response:
+    app = request.app
+    client = app[AUTH].authenticate(request.headers.get("Authorization"))
+    raw = await read_body(request, MAX_RECEIPT_BODY)
+    receipt = parse_receipt(raw, utc_now())
+    if isinstance(receipt, ManualConfirmation):
+        data = await app[RECEIPTS].manual(receipt, app[REGISTRY])
+        log.info("manual confirmation for %s by client %s", receipt.warning_id, client.name)
+        return json_response({"status": "recorded", **data}, 202)
+    rec = await app[RECEIPTS].apply(receipt)
+    return json_response({"status": "recorded", "delivery_id": rec.id, "state": rec.state}, 202)
 
 
 async def get_receipts(request: web.Request) -> web.Response:
@@ -172,6 +235,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/warnings", post_warning)
     app.router.add_get("/v1/warnings/{id}", get_warning)
     app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)
+    app.router.add_get("/v1/warnings/{id}/deliveries", get_deliveries)
+    app.router.add_post("/v1/receipts", post_receipt)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

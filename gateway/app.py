@@ -1,39 +1,103 @@
-"""The aiohttp application: configuration loaded up front, the store opened in `cleanup_ctx`."""
+"""The aiohttp application: configuration loaded up front; store, channels and dispatcher
+opened in `cleanup_ctx` (and closed in reverse order)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from gateway.api import AUTH, INGEST, MAX_BODY, METRICS, STORE, add_routes, error_middleware
+from gateway.api import (
+    AUTH,
+    BOOK,
+    DISPATCHER,
+    INGEST,
+    MAX_BODY,
+    METRICS,
+    RECEIPTS,
+    REGISTRY,
+    STORE,
+    add_routes,
+    error_middleware,
+)
+from gateway.channels.base import Channel
+from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
 from gateway.config import Settings
+from gateway.dispatcher import ChannelRuntime, Dispatcher
+from gateway.endpoints import EndpointBook
+from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.metrics import Metrics
 from gateway.policies.authority import AuthorityPolicy
+from gateway.receipts import ReceiptDesk
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry
 
+Sleep = Callable[[float], Awaitable[None]]
 
-def build_app(settings: Settings, *, clock: Clock = utc_now) -> web.Application:
-    """The gateway's web application; raises ConfigError before anything starts."""
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    sleep: Sleep = asyncio.sleep,
+    channels: Mapping[str, Channel] | None = None,
+    book: EndpointBook | None = None,
+) -> web.Application:
+    """The gateway's web application; raises ConfigError before anything starts.
+
+    `channels` replaces the configured channels (tests, drill); `book` the endpoint book.
+    """
     registry = Registry.load(settings.townships_path)
     authority = AuthorityPolicy(ReleaseList.load(settings.release_list_path), registry)
+    if book is None:
+        book = EndpointBook.load(settings.endpoints_path, registry, settings.env)
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.max_body_bytes + 1
     )
     app[METRICS] = Metrics()
     app[AUTH] = Authenticator(settings.clients)
     app[MAX_BODY] = settings.max_body_bytes
+    app[REGISTRY] = registry
+    app[BOOK] = book
 
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_store(settings.store_url) as store:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = await stack.enter_async_context(open_store(settings.store_url))
             app[STORE] = store
-            app[INGEST] = Ingest(store, registry, authority, app[METRICS], clock)
+            desk = ReceiptDesk(store, clock)
+            app[RECEIPTS] = desk
+            built = channels if channels is not None else build_channels(settings, book, desk.sink)
+            runtimes = {}
+            for name, channel in built.items():
+                await stack.enter_async_context(channel)
+                cs = getattr(settings.channels, name, None)
+                runtimes[name] = ChannelRuntime(
+                    channel=channel,
+                    slots=PrioritySlots(cs.concurrency if cs else 16),
+                    retry=cs.retry.policy() if cs else settings.channels.sms.retry.policy(),
+                    rate=RateLimiter(cs.rate_per_s) if cs and cs.rate_per_s > 0 else None,
+                )
+            breaker = CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s)
+            dispatcher = Dispatcher(store, book, runtimes, breaker, clock=clock, sleep=sleep)
+            app[DISPATCHER] = dispatcher
+            app[INGEST] = Ingest(
+                store,
+                registry,
+                authority,
+                app[METRICS],
+                book=book,
+                channels=list(runtimes),
+                dispatch=dispatcher.dispatch,
+                clock=clock,
+            )
+            await stack.enter_async_context(dispatcher)
             yield
 
-    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app

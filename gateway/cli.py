@@ -59,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The drill prints its own report; its logs would only bury it.
+    default_level = "WARNING" if args.command == "drill" else "INFO"
     logging.basicConfig(
-        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+        level=os.environ.get("GATEWAY_LOG_LEVEL", default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

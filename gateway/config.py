@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clients import Client, with_tokens
 from gateway.exceptions import ConfigError
+from gateway.policies.retry import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_INITIAL_S,
+    DEFAULT_JITTER_S,
+    DEFAULT_MAX_S,
+    RetryPolicy,
+)
 from gateway.yamlfile import load_yaml, parse_model
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STORE = "sqlite:///var/gateway.db"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+CHANNEL_NAMES = ("sms", "email", "mqtt", "webhook")
 
 
 class _ClientFile(BaseModel):
@@ -35,14 +44,82 @@ class _IngestFile(BaseModel):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=16 * 1024 * 1024)
 
 
+class RetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    attempts: int = Field(default=DEFAULT_ATTEMPTS, ge=1, le=100)
+    initial_s: float = Field(default=DEFAULT_INITIAL_S, gt=0, le=3600)
+    max_s: float = Field(default=DEFAULT_MAX_S, gt=0, le=86400)
+    jitter_s: float = Field(default=DEFAULT_JITTER_S, ge=0, le=3600)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.attempts, self.initial_s, self.max_s, self.jitter_s)
+
+
+class _ChannelCommon(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    concurrency: int = Field(default=16, ge=1, le=10_000)
+    rate_per_s: float = Field(default=0, ge=0, description="0 = unlimited")
+    retry: RetrySettings = RetrySettings()
+
+
+class MqttSettings(_ChannelCommon):
+    url: str = "mqtt://127.0.0.1:1883"
+    prefix: str = Field(default="cq/warnings", pattern=r"^[^#+]+[^/#+]$")
+    protocol: Literal["5", "3.1.1"] = "5"
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+
+
+class EmailSettings(_ChannelCommon):
+    url: str = "smtp://127.0.0.1:25"
+    sender: str = "重庆市突发事件预警信息发布中心 <warnings@example.org>"
+    username: str | None = None
+    password_env: str | None = "GATEWAY_SMTP_PASSWORD"
+    starttls: bool = False
+    timeout_s: float = Field(default=30, gt=0, le=600)
+    pool_size: int = Field(default=4, ge=1, le=100)
+    concurrency: int = Field(default=8, ge=1, le=1000)
+
+
+class SmsSettings(_ChannelCommon):
+    provider: Literal["stub", "http"] = "stub"
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    token_env: str | None = "GATEWAY_SMS_TOKEN"
+    callback_url: str | None = None
+    timeout_s: float = Field(default=10, gt=0, le=600)
+    concurrency: int = Field(default=32, ge=1, le=10_000)
+
+
+class WebhookSettings(_ChannelCommon):
+    timeout_s: float = Field(default=5, gt=0, le=600)
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+
+
+class ChannelsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sms: SmsSettings = SmsSettings()
+    email: EmailSettings = EmailSettings()
+    mqtt: MqttSettings = MqttSettings()
+    webhook: WebhookSettings = WebhookSettings()
+
+    def enabled(self) -> list[str]:
+        return [n for n in CHANNEL_NAMES if getattr(self, n).enabled]
+
+
+class BreakerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    failures: int = Field(default=5, ge=1, le=1000)
+    cooldown_s: float = Field(default=30, gt=0, le=3600)
+
+
 class _GatewayFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str = DEFAULT_LISTEN
     store: str = DEFAULT_STORE
-    mqtt_url: str | None = None
-    smtp_url: str | None = None
     ingest: _IngestFile = _IngestFile()
     clients: dict[str, _ClientFile] = {}
+    channels: ChannelsSettings = ChannelsSettings()
+    breaker: BreakerSettings = BreakerSettings()
 
 
 @dataclass(frozen=True)
@@ -55,8 +132,23 @@ class Settings:
     store_url: str
     max_body_bytes: int
     clients: tuple[Client, ...]
-    mqtt_url: str | None
-    smtp_url: str | None
+    channels: ChannelsSettings
+    breaker: BreakerSettings
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The environment the settings were read from; webhook secrets are looked up in it."""
+
+    @property
+    def mqtt_url(self) -> str:
+        return self.channels.mqtt.url
+
+    @property
+    def smtp_url(self) -> str:
+        return self.channels.email.url
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.config_dir / "endpoints.yaml"
 
     @property
     def release_list_path(self) -> Path:
@@ -132,15 +224,29 @@ def load_settings(
     if env.get("GATEWAY_STORE"):
         store = check_store_url(env["GATEWAY_STORE"], "environment", "GATEWAY_STORE")
 
-    urls: dict[str, str | None] = {}
-    for key, var, scheme, value in (
-        ("mqtt_url", "GATEWAY_MQTT_URL", "mqtt", data.mqtt_url),
-        ("smtp_url", "GATEWAY_SMTP_URL", "smtp", data.smtp_url),
-    ):
-        if env.get(var):
-            urls[key] = check_url(env[var], scheme, "environment", var)
-        else:
-            urls[key] = check_url(value, scheme, str(path), key) if value else None
+    channels = data.channels
+    mqtt_url = check_url(channels.mqtt.url, "mqtt", str(path), "channels.mqtt.url")
+    smtp_url = check_url(channels.email.url, "smtp", str(path), "channels.email.url")
+    if env.get("GATEWAY_MQTT_URL"):
+        mqtt_url = check_url(env["GATEWAY_MQTT_URL"], "mqtt", "environment", "GATEWAY_MQTT_URL")
+    if env.get("GATEWAY_SMTP_URL"):
+        smtp_url = check_url(env["GATEWAY_SMTP_URL"], "smtp", "environment", "GATEWAY_SMTP_URL")
+    channels = channels.model_copy(
+        update={
+            "mqtt": channels.mqtt.model_copy(update={"url": mqtt_url}),
+            "email": channels.email.model_copy(update={"url": smtp_url}),
+        }
+    )
+    if channels.sms.provider == "http" and not channels.sms.url:
+        raise ConfigError(str(path), "channels.sms.url", "the http SMS provider needs a url")
+    secrets = {
+        name: env[var]
+        for name, var in (
+            ("smtp_password", channels.email.password_env),
+            ("sms_token", channels.sms.token_env),
+        )
+        if var and env.get(var)
+    }
 
     clients = with_tokens(
         (
@@ -156,6 +262,8 @@ def load_settings(
         store_url=store,
         max_body_bytes=data.ingest.max_body_bytes,
         clients=tuple(clients),
-        mqtt_url=urls["mqtt_url"],
-        smtp_url=urls["smtp_url"],
+        channels=channels,
+        breaker=data.breaker,
+        secrets=secrets,
+        env=dict(env),
     )

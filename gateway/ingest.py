@@ -1,18 +1,21 @@
-"""Ingest of one warning: idempotency, validation, authority, durable acceptance.
+"""Ingest of one warning: idempotency, validation, authority, routing, durable acceptance.
 
-The answer is given only after the warning and its ledger entries are committed. Every authority
-refusal is written to the ledger (art. 28) before it is answered.
+The answer is given only after the warning, its planned deliveries (the outbox) and its ledger
+entries are committed in one transaction; the deliveries are then handed to the dispatcher.
+Every authority refusal is written to the ledger (art. 28) before it is answered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.channels.base import Notice
 from gateway.clients import Client
+from gateway.endpoints import EndpointBook
 from gateway.exceptions import (
     Conflict,
     FieldError,
@@ -25,10 +28,13 @@ from gateway.ledger import LedgerDraft, Stage, canonical_json
 from gateway.metrics import Metrics
 from gateway.model import MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy
+from gateway.policies.routing import delivery_id, plan
 from gateway.store import Store, StoredWarning
+from gateway.store.base import DeliveryRecord
 from gateway.townships import Registry
 
 Clock = Callable[[], datetime]
+Dispatch = Callable[[Notice, Sequence[DeliveryRecord]], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -49,12 +55,19 @@ class Ingest:
         registry: Registry,
         authority: AuthorityPolicy,
         metrics: Metrics,
+        *,
+        book: EndpointBook,
+        channels: Collection[str],
+        dispatch: Dispatch | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.registry = registry
         self.authority = authority
         self.metrics = metrics
+        self.book = book
+        self.channels = channels
+        self.dispatch = dispatch
         self.clock = clock
 
     async def submit(self, raw: bytes, client: Client) -> tuple[int, dict[str, Any]]:
@@ -79,7 +92,23 @@ class Ingest:
             rejected = LedgerDraft(warning.id, Stage.REJECTED, self.clock(), refusal.body())
             await self.store.append([received, rejected])
             raise
-        answer = {"id": warning.id, "status": "active", "deliveries": 0, "blind_spots": []}
+        routed = plan(warning, self.book, self.registry, self.channels)
+        deliveries = [
+            DeliveryRecord(
+                id=delivery_id(warning.id, e.id),
+                warning_id=warning.id,
+                endpoint_id=e.id,
+                channel=e.channel,
+                level=warning.level,
+            )
+            for e in routed.endpoints
+        ]
+        answer = {
+            "id": warning.id,
+            "status": "active",
+            "deliveries": len(deliveries),
+            "blind_spots": list(routed.blind_spots),
+        }
         stored = StoredWarning(
             id=warning.id,
             body_hash=digest,
@@ -93,10 +122,28 @@ class Ingest:
         authorized = LedgerDraft(
             warning.id, Stage.AUTHORIZED, self.clock(), authorization.ledger_data()
         )
-        result, created = await self.store.accept(stored, [received, authorized])
+        per_channel: dict[str, int] = {}
+        for d in deliveries:
+            per_channel[d.channel] = per_channel.get(d.channel, 0) + 1
+        planned = LedgerDraft(
+            warning.id,
+            Stage.PLANNED,
+            self.clock(),
+            {
+                "deliveries": len(deliveries),
+                "channels": per_channel,
+                "townships": len(routed.townships),
+                "blind_spots": list(routed.blind_spots),
+            },
+        )
+        result, created = await self.store.accept(
+            stored, [received, authorized, planned], deliveries
+        )
         if not created:  # the same id arrived concurrently and was stored first
             return self._replay(result, digest)
         self.metrics.warnings.labels("accepted").inc()
+        if self.dispatch is not None:
+            await self.dispatch(Notice.from_document(stored.warning), deliveries)
         return 202, answer
 
     def _replay(self, prior: StoredWarning, digest: str) -> tuple[int, dict[str, Any]]:

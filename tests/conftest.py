@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -14,6 +15,19 @@ from pytest_aiohttp import AiohttpClient
 from gateway.app import build_app
 from gateway.config import REPO_CONFIG, Settings, load_settings
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, TOKENS
+from tests.mqtt_broker import mosquitto_fixture
+from tests.sms_provider import sms_provider
+from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
+from tests.webhook_receiver import fixture_webhook_receivers
+
+# Real servers, each in its own process on a free loopback port (see their modules).
+__all__ = [
+    "fixture_smtp_server",
+    "fixture_smtp_server_factory",
+    "fixture_webhook_receivers",
+    "mosquitto_fixture",
+    "sms_provider",
+]
 
 GatewayClient = TestClient[web.Request, web.Application]
 
@@ -39,13 +53,16 @@ def settings(config_dir: Path, env: dict[str, str]) -> Settings:
     return load_settings(config_dir, env)
 
 
-MakeClient = Callable[[Settings], Awaitable[GatewayClient]]
+class MakeClient(Protocol):
+    def __call__(self, settings: Settings, **build: Any) -> Awaitable[GatewayClient]: ...
 
 
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
-    async def make(settings: Settings) -> GatewayClient:
-        return await aiohttp_client(build_app(settings))
+    """Serve `build_app(settings, **build)` on a loopback port; returns its test client."""
+
+    async def make(settings: Settings, **build: Any) -> GatewayClient:
+        return await aiohttp_client(build_app(settings, **build))
 
     return make
 

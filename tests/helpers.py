@@ -19,6 +19,11 @@ clients:
   platform: {}
   wanzhou: {districts: ["500101"]}
   duty: {temporary_release: true}
+channels:   # ingest tests: only the stub SMS provider, no network
+  sms: {provider: stub}
+  email: {enabled: false}
+  mqtt: {enabled: false}
+  webhook: {enabled: false}
 """
 _ids = itertools.count(1)
 

@@ -562,7 +562,8 @@ async def test_listed_issuer_is_accepted(
     government = "district" if "district" in doc["issuer"] else "city"
     assert state["authorization"]["annex1_row"] == row
     assert state["authorization"]["government"] == government
-    assert [e["stage"] for e in await ledger(api, doc["id"])] == ["received", "authorized"]
+    stages = [e["stage"] for e in await ledger(api, doc["id"])]
+    assert stages[:3] == ["received", "authorized", "planned"]
 
 
 # ─────────────────────────────── issuer_not_authorized ───────────────────────────────
@@ -1050,7 +1051,7 @@ async def test_duty_client_releases_an_unlisted_hazard_temporarily(api: GatewayC
     status, answer = await post(api, doc, "duty")
     assert status == 202, answer
     entries = await ledger(api, doc["id"])
-    assert [e["stage"] for e in entries] == ["received", "authorized"]
+    assert [e["stage"] for e in entries][:2] == ["received", "authorized"]
     assert entries[1]["data"]["temporary_release"] is True
     state = await (await api.get(f"/v1/warnings/{doc['id']}")).json()
     assert state["authorization"]["temporary_release"] is True
@@ -1118,6 +1119,6 @@ async def test_refusal_is_recorded_and_a_corrected_body_is_accepted(
     status, answer = await post(api, corrected)
     assert status == 202, answer
     stages = [e["stage"] for e in await ledger(api, first["id"])]
-    assert stages == ["received", "rejected", "received", "rejected", "received", "authorized"]
+    assert stages[:6] == ["received", "rejected", "received", "rejected", "received", "authorized"]
     entries = await ledger(api, first["id"])
     assert [e["data"]["code"] for e in entries if e["stage"] == "rejected"] == [code, code]

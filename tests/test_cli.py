@@ -86,7 +86,8 @@ def test_ledger_verify_passes_then_names_the_first_edited_entry(
     cli_env = {**env, "GATEWAY_CONFIG": str(config_dir)}
     ok = run_gateway("ledger", "verify", env=cli_env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert "6 entries" in ok.stdout
+    (count,) = sqlite3.connect(tmp_path / "gateway.db").execute("SELECT count(*) FROM ledger")
+    assert f"{count[0]} entries" in ok.stdout
 
     db = sqlite3.connect(tmp_path / "gateway.db")
     db.execute("""UPDATE ledger SET data = '{"client":"forged"}' WHERE seq = 3""")
@@ -219,3 +220,18 @@ def test_drill_json_reports_no_loss(tmp_path: Path) -> None:
     assert summary["ledger_ok"] is True
     assert summary["warning_id"].startswith("drill-")
     assert set(summary) == {"warning_id", "channels", "lost", "ledger_ok"}
+    # The sample: 49 万州区 townships with endpoints (2 MQTT, SMS, email) and 2 partners.
+    assert summary["channels"] == {
+        "mqtt": {"planned": 98, "delivered": 98, "failed": 0},
+        "sms": {"planned": 49, "delivered": 49, "failed": 0},
+        "email": {"planned": 49, "delivered": 49, "failed": 0},
+        "webhook": {"planned": 2, "delivered": 2, "failed": 0},
+    }
+
+
+def test_drill_prints_channels_townships_and_blind_spots(tmp_path: Path) -> None:
+    result = run_gateway("drill", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "townships reached: 49" in result.stdout
+    assert "恒合土家族乡 (500101239)" in result.stdout
+    assert "lost: 0" in result.stdout

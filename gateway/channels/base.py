@@ -64,6 +64,8 @@ class Endpoint:
     partners). `target` is channel-specific: the MQTT kind (`display`/`broadcast`), an SMS group
     name, an email address, a webhook URL. `recipients` are phone numbers or email addresses;
     `devices` the MQTT device ids that acknowledge; `secret` a webhook's `whsec_...` secret.
+    `covers_townships` is False for media partners: they carry the warning to the public at
+    large but confirm nothing per township, so they do not close a blind spot (art. 20).
     """
 
     id: str
@@ -77,6 +79,7 @@ class Endpoint:
     audiences: frozenset[str] = frozenset({"public", "responsible_persons"})
     levels: frozenset[int] = frozenset({1, 2, 3, 4})
     format: str = "json"
+    covers_townships: bool = True
 
     @property
     def district(self) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -26,12 +26,55 @@ class StoredWarning:
     authorization: dict[str, Any]
 
 
+class DeliveryState:
+    """States of a delivery. `pending` is unfinished (resumed after a restart); `sent` waits for
+    a receipt; `delivered` and `failed` are final."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNFINISHED = (PENDING,)
+    FINAL = (DELIVERED, FAILED)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One delivery of one warning to one endpoint; `id` is its idempotency key."""
+
+    id: str
+    warning_id: str
+    endpoint_id: str
+    channel: str
+    level: int
+    state: str = DeliveryState.PENDING
+    attempts: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryUpdate:
+    """A delivery's new state, written together with the ledger entries that explain it.
+
+    A dispatcher update sets state, attempts and detail; a receipt update (`receipt` given) sets
+    state and the receipt record only. Neither overwrites a final state.
+    """
+
+    id: str
+    state: str
+    attempts: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+    receipt: dict[str, Any] | None = None
+
+
 class Store(Protocol):
     """Durable state. Every write is durable when its coroutine returns.
 
-    `accept` stores a warning and its ledger entries in one transaction unless a warning with
-    that id exists; it returns the stored warning and whether it was new. Concurrent calls for
-    one id store it once.
+    `accept` stores a warning, its planned deliveries and its ledger entries in one transaction
+    unless a warning with that id exists; it returns the stored warning and whether it was new.
+    Concurrent calls for one id store it once. `record` applies delivery updates and their
+    ledger entries in one transaction.
     """
 
     async def __aenter__(self) -> Self: ...
@@ -44,10 +87,23 @@ class Store(Protocol):
     ) -> None: ...
 
     async def accept(
-        self, warning: StoredWarning, entries: Sequence[LedgerDraft]
+        self,
+        warning: StoredWarning,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
     ) -> tuple[StoredWarning, bool]: ...
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None: ...
+
+    async def record(
+        self, updates: Sequence[DeliveryUpdate], entries: Sequence[LedgerDraft]
+    ) -> None: ...
+
+    async def unfinished(self) -> list[DeliveryRecord]: ...
+
+    async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]: ...
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
 
     async def get_warning(self, warning_id: str) -> StoredWarning | None: ...
 

@@ -21,7 +21,7 @@ from typing import Self
 import aiosqlite
 
 from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, chain, timestamp
-from gateway.store.base import StoredWarning
+from gateway.store.base import DeliveryRecord, DeliveryUpdate, StoredWarning
 
 log = logging.getLogger("gateway.store")
 
@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS ledger (
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_by_warning ON ledger (warning_id, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    warning_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_warning ON deliveries (warning_id);
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (state);
 """
 
 _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
@@ -59,9 +72,56 @@ _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_
 class _Write:
     entries: Sequence[LedgerDraft]
     warning: StoredWarning | None = None
+    deliveries: Sequence[DeliveryRecord] = ()
+    updates: Sequence[DeliveryUpdate] = ()
     done: asyncio.Future[tuple[StoredWarning, bool] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+@dataclass
+class _Rows:
+    """The rows one group commit writes."""
+
+    warnings: list[tuple[object, ...]] = field(default_factory=list)
+    deliveries: list[tuple[object, ...]] = field(default_factory=list)
+    updates: list[tuple[object, ...]] = field(default_factory=list)
+    receipts: list[tuple[object, ...]] = field(default_factory=list)
+    ledger: list[tuple[object, ...]] = field(default_factory=list)
+
+    def add(self, w: _Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
+        """Queue the rows of `w`; its result, (stored, False) when the id is taken."""
+        result: tuple[StoredWarning, bool] | None = None
+        if w.warning is not None:
+            prior = known.get(w.warning.id)
+            if prior is not None:
+                return (prior, False)
+            known[w.warning.id] = w.warning
+            self.warnings.append(_warning_row(w.warning))
+            self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
+            result = (w.warning, True)
+        for u in w.updates:
+            if u.receipt is None:
+                detail = json.dumps(u.detail, ensure_ascii=False)
+                self.updates.append((u.state, u.attempts, detail, u.id))
+            else:
+                self.receipts.append((u.state, json.dumps(u.receipt, ensure_ascii=False), u.id))
+        return result
+
+    def statements(self) -> list[tuple[str, list[tuple[object, ...]]]]:
+        # A final state (delivered, failed) is never overwritten.
+        unfinished = "WHERE id = ? AND state IN ('pending', 'sent')"
+        out = [
+            ("INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?)", self.warnings),
+            ("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,NULL)", self.deliveries),
+            (
+                f"UPDATE deliveries SET state = ?, attempts = ?, detail = ? {unfinished}",
+                self.updates,
+            ),
+            (f"UPDATE deliveries SET state = ?, receipt = ? {unfinished}", self.receipts),
+            ("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", self.ledger),
+        ]
+        return [(sql, params) for sql, params in out if params]
 
 
 def _to_warning(row: aiosqlite.Row) -> StoredWarning:
@@ -88,6 +148,25 @@ def _warning_row(w: StoredWarning) -> tuple[str, ...]:
         timestamp(w.expires_at),
         json.dumps(w.authorization, ensure_ascii=False),
     )
+
+
+def _to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0],
+        warning_id=row[1],
+        endpoint_id=row[2],
+        channel=row[3],
+        level=row[4],
+        state=row[5],
+        attempts=row[6],
+        detail=json.loads(row[7]),
+        receipt=json.loads(row[8]) if row[8] else None,
+    )
+
+
+def _delivery_row(d: DeliveryRecord) -> tuple[object, ...]:
+    detail = json.dumps(d.detail, ensure_ascii=False)
+    return (d.id, d.warning_id, d.endpoint_id, d.channel, d.level, d.state, d.attempts, detail)
 
 
 def _to_entry(row: aiosqlite.Row) -> LedgerEntry:
@@ -141,15 +220,24 @@ class SqliteStore:
     # -- writes ------------------------------------------------------------------------------
 
     async def accept(
-        self, warning: StoredWarning, entries: Sequence[LedgerDraft]
+        self,
+        warning: StoredWarning,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
     ) -> tuple[StoredWarning, bool]:
-        result = await self._submit(_Write(entries, warning))
+        result = await self._submit(_Write(entries, warning, deliveries))
         assert result is not None
         return result
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None:
         if entries:
             await self._submit(_Write(entries))
+
+    async def record(
+        self, updates: Sequence[DeliveryUpdate], entries: Sequence[LedgerDraft]
+    ) -> None:
+        if updates or entries:
+            await self._submit(_Write(entries, updates=updates))
 
     async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
         if self._writer is None or self._writer.done():
@@ -187,34 +275,21 @@ class SqliteStore:
             sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({marks})"
             async with self._w.execute(sql, ids) as cur:
                 known = {row[0]: _to_warning(row) async for row in cur}
-        results: list[tuple[StoredWarning, bool] | None] = []
-        new_rows: list[tuple[str, ...]] = []
-        ledger_rows: list[tuple[object, ...]] = []
+        rows = _Rows()
+        results = [rows.add(w, known) for w in batch]
         seq, prev = self._seq, self._hash
-        for w in batch:
-            result: tuple[StoredWarning, bool] | None = None
-            if w.warning is not None:
-                prior = known.get(w.warning.id)
-                if prior is not None:
-                    results.append((prior, False))
-                    continue
-                known[w.warning.id] = w.warning
-                new_rows.append(_warning_row(w.warning))
-                result = (w.warning, True)
-            for draft in w.entries:
-                seq += 1
-                e = chain(prev, seq, draft)
-                prev = e.hash
-                data = json.dumps(e.data, ensure_ascii=False)
-                ledger_rows.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
-            results.append(result)
+        for draft in (
+            d for w, r in zip(batch, results, strict=True) if r is None or r[1] for d in w.entries
+        ):
+            seq += 1
+            e = chain(prev, seq, draft)
+            prev = e.hash
+            data = json.dumps(e.data, ensure_ascii=False)
+            rows.ledger.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
         await self._w.execute("BEGIN IMMEDIATE")
         try:
-            if new_rows:
-                marks = ",".join("?" * 8)
-                await self._w.executemany(f"INSERT INTO warnings VALUES ({marks})", new_rows)
-            if ledger_rows:
-                await self._w.executemany("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", ledger_rows)
+            for sql, params in rows.statements():
+                await self._w.executemany(sql, params)
             await self._w.execute("COMMIT")
         except BaseException:
             await self._w.execute("ROLLBACK")
@@ -252,6 +327,21 @@ class SqliteStore:
             if len(rows) < LEDGER_PAGE:
                 return
             after = int(rows[-1][0])
+
+    async def unfinished(self) -> list[DeliveryRecord]:
+        return await self._deliveries("state = 'pending' ORDER BY level, rowid", ())
+
+    async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
+        return await self._deliveries("warning_id = ? ORDER BY rowid", (warning_id,))
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        found = await self._deliveries("id = ?", (delivery_id,))
+        return found[0] if found else None
+
+    async def _deliveries(self, where: str, args: tuple[object, ...]) -> list[DeliveryRecord]:
+        assert self._r is not None
+        async with self._r.execute(f"SELECT * FROM deliveries WHERE {where}", args) as cur:
+            return [_to_delivery(row) for row in await cur.fetchall()]
 
     async def ping(self) -> None:
         assert self._r is not None

@@ -1,0 +1,219 @@
+"""Webhooks to media partners, signed per the Standard Webhooks spec.
+
+One JSON POST per delivery to `endpoint.target`, body
+`{"type": "warning.<msg_type>", "timestamp": ISO-8601 UTC, "data": <the warning document plus
+"colour" and "delivery_id">}` in UTF-8, with the headers a stock `standardwebhooks` verifier
+expects: `webhook-id` (the delivery id, the same on every retry so partners can drop duplicates),
+`webhook-timestamp` (integer UTC seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
+"id.timestamp.body">`, one per secret when `endpoint.secret` holds several space-separated
+`whsec_` secrets during a key rotation).
+
+Answers map onto the channel contract: 2xx delivered; 410 `EndpointGone`; 408, 425, 429 (with
+`Retry-After`), 5xx, timeouts and connection errors `TransientDeliveryError`; any other answer
+`PermanentDeliveryError`. `Retry-After` (seconds or an HTTP-date) is passed on for 429 and
+503. Redirects are not followed: a POST would turn into a bodiless GET.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import ClassVar, Self
+
+import aiohttp
+
+from gateway import __version__
+from gateway.channels.base import (
+    Channel,
+    EndpointGone,
+    Message,
+    Outcome,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+log = logging.getLogger("gateway.channels.webhook")
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds for one whole request (connect, send, answer) when the endpoint sets none."""
+USER_AGENT = f"chongqing-warning-gateway/{__version__}"
+MAX_DETAIL_BYTES = 200
+"""At most this much of a partner's answer is read, and only to explain a failure."""
+SECRET_PREFIX = "whsec_"
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+"""Answers whose `Retry-After` is honoured (RFC 9110 defines it for these)."""
+
+
+def signing_keys(secret: str | None, endpoint_id: str) -> list[bytes]:
+    """The HMAC keys of a (space-separated) `whsec_<base64>` secret string.
+
+    Raises PermanentDeliveryError naming the endpoint (never the secret) when a secret is
+    missing, lacks the prefix or is not base64.
+    """
+    parts = (secret or "").split()
+    if not parts:
+        raise PermanentDeliveryError(f"webhook endpoint {endpoint_id!r} has no secret")
+    keys = []
+    for n, part in enumerate(parts, 1):
+        encoded = part.removeprefix(SECRET_PREFIX)
+        try:
+            # Unpadded base64 is accepted, as the standardwebhooks libraries do.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not part.startswith(SECRET_PREFIX) or not key:
+            raise PermanentDeliveryError(
+                f"webhook endpoint {endpoint_id!r}: secret {n} of {len(parts)} is not "
+                f"{SECRET_PREFIX}<base64>"
+            )
+        keys.append(key)
+    return keys
+
+
+def sign(keys: list[bytes], webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header: `v1,<base64>` per key, space-separated."""
+    content = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or HTTP-date).
+
+    None when the header is absent or unreadable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT by definition
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class WebhookChannel(Channel):
+    """Signed JSON webhooks; one aiohttp session for the channel's lifetime (`async with`)."""
+
+    name: ClassVar[str] = "webhook"
+
+    def __init__(
+        self, *, default_timeout: float = DEFAULT_TIMEOUT, user_agent: str = USER_AGENT
+    ) -> None:
+        self.default_timeout = default_timeout
+        self.user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.default_timeout)
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def build_request(self, message: Message, now: datetime) -> tuple[bytes, dict[str, str]]:
+        """The exact body bytes and headers `send` posts for `message` at `now`.
+
+        Raises PermanentDeliveryError for a format this channel cannot produce or a bad secret.
+        """
+        endpoint = message.endpoint
+        if endpoint.format == "cap":
+            raise PermanentDeliveryError("CAP format not available yet")
+        if endpoint.format != "json":
+            raise PermanentDeliveryError(
+                f"webhook endpoint {endpoint.id!r}: unknown format {endpoint.format!r}"
+            )
+        keys = signing_keys(endpoint.secret, endpoint.id)
+        notice = message.notice
+        payload = {
+            "type": f"warning.{notice.msg_type}",
+            "timestamp": now.astimezone(UTC).isoformat(),
+            "data": {
+                **notice.document,
+                "colour": notice.colour,
+                "delivery_id": message.delivery_id,
+            },
+        }
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        timestamp = math.floor(now.timestamp())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": self.user_agent,
+            "Idempotency-Key": message.delivery_id,
+            "webhook-id": message.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(keys, message.delivery_id, timestamp, body),
+        }
+        return body, headers
+
+    async def send(self, message: Message) -> Outcome:
+        """POST the signed notice; see the module docstring for how answers map to errors."""
+        if self._session is None:
+            raise RuntimeError("WebhookChannel is used outside `async with`")
+        endpoint = message.endpoint
+        body, headers = self.build_request(message, datetime.now(UTC))
+        timeout = endpoint.timeout if endpoint.timeout is not None else self.default_timeout
+        where = f"webhook endpoint {endpoint.id!r}"
+        try:
+            async with self._session.post(
+                endpoint.target,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    log.debug("%s delivered %s: %s", where, message.delivery_id, status)
+                    return Outcome(delivered=True, detail={"status": status})
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                snippet = await _read_snippet(resp)
+        except aiohttp.InvalidURL as exc:
+            raise PermanentDeliveryError(f"{where}: invalid URL") from exc
+        except TimeoutError as exc:  # aiohttp's timeouts subclass it too
+            raise TransientDeliveryError(f"{where}: no answer within {timeout:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientDeliveryError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        log.info("%s answered %s to %s", where, status, message.delivery_id)
+        reason = f"{where} answered HTTP {status}" + (f": {snippet}" if snippet else "")
+        if status == 410:
+            raise EndpointGone(reason)
+        if status in TRANSIENT_STATUSES or status >= 500:
+            raise TransientDeliveryError(
+                reason, retry_after=retry_after if status in RETRY_AFTER_STATUSES else None
+            )
+        raise PermanentDeliveryError(reason)
+
+
+async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
+    """At most MAX_DETAIL_BYTES of the answer as text; the rest is never read."""
+    try:
+        raw = await resp.content.read(MAX_DETAIL_BYTES)
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    return " ".join(raw.decode("utf-8", errors="replace").split())

@@ -1,0 +1,276 @@
+"""The dispatcher: runs every planned delivery to its end, durably.
+
+Each delivery runs as a task: wait out the endpoint's circuit breaker, take a slot of its
+channel (by priority = level), respect the channel's rate limit, `send`, and record the outcome
+with its ledger entries before going on. Transient failures are retried by the channel's retry
+policy up to the warning's expiry; a delivery that runs out is `failed` (a dead letter). On start
+the dispatcher resumes every delivery still `pending` in the store, so a crash loses nothing;
+a resumed delivery keeps its id, which is its idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from gateway.channels.base import (
+    Channel,
+    DeliveryError,
+    Endpoint,
+    EndpointGone,
+    Message,
+    Notice,
+    Outcome,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from gateway.endpoints import EndpointBook
+from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
+from gateway.ledger import LedgerDraft, Stage
+from gateway.policies.retry import RetryPolicy
+from gateway.store import Store
+from gateway.store.base import DeliveryRecord, DeliveryState, DeliveryUpdate
+
+log = logging.getLogger("gateway.dispatcher")
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class ChannelRuntime:
+    """A channel with its flow control and retry policy."""
+
+    channel: Channel
+    slots: PrioritySlots
+    retry: RetryPolicy
+    rate: RateLimiter | None = None
+
+
+class Dispatcher:
+    """Owns the delivery tasks; an async context manager (exit cancels what is in flight,
+    which stays `pending` in the store and resumes on the next start)."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: EndpointBook,
+        runtimes: Mapping[str, ChannelRuntime],
+        breaker: CircuitBreaker,
+        *,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.book = book
+        self.runtimes = runtimes
+        self.breaker = breaker
+        self.clock = clock
+        self.sleep = sleep
+        self.disabled: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __aenter__(self) -> Self:
+        await self.resume()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def wait_idle(self) -> None:
+        """Return when no delivery task is running (tests, drill, graceful stop)."""
+        await self._idle.wait()
+
+    async def resume(self) -> None:
+        """Start every delivery left `pending` by an earlier process."""
+        pending = await self.store.unfinished()
+        by_warning: dict[str, list[DeliveryRecord]] = {}
+        for rec in pending:
+            by_warning.setdefault(rec.warning_id, []).append(rec)
+        for warning_id, records in by_warning.items():
+            stored = await self.store.get_warning(warning_id)
+            if stored is None:
+                log.error("deliveries of unknown warning %s left pending", warning_id)
+                continue
+            await self.dispatch(Notice.from_document(stored.warning), records, resumed=True)
+        if pending:
+            log.info(
+                "resumed %d unfinished deliveries of %d warnings", len(pending), len(by_warning)
+            )
+
+    async def dispatch(
+        self, notice: Notice, records: Sequence[DeliveryRecord], *, resumed: bool = False
+    ) -> None:
+        """Queue `records` (deliveries of `notice`) and record that in the ledger."""
+        if not records:
+            return
+        counts: dict[str, int] = {}
+        for rec in records:
+            counts[rec.channel] = counts.get(rec.channel, 0) + 1
+        data: dict[str, Any] = {"deliveries": len(records), "channels": counts}
+        if resumed:
+            data["resumed"] = True
+        await self.store.append([LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
+        for rec in records:
+            task = asyncio.create_task(self._run(notice, rec), name=f"delivery {rec.id}")
+            self._tasks.add(task)
+            self._idle.clear()
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task %s crashed", task.get_name(), exc_info=task.exception())
+
+    async def _run(self, notice: Notice, rec: DeliveryRecord) -> None:
+        try:
+            await self._deliver(notice, rec)
+        except asyncio.CancelledError:
+            raise  # shutdown: the delivery stays pending and resumes on the next start
+        except Exception as exc:
+            # A bug here must not leave the delivery silently pending until a restart.
+            log.exception("delivery %s failed in the dispatcher", rec.id)
+            await self._final(notice, rec, rec.attempts, f"internal error: {type(exc).__name__}")
+
+    async def _deliver(self, notice: Notice, rec: DeliveryRecord) -> None:
+        endpoint = self.book.by_id.get(rec.endpoint_id)
+        runtime = self.runtimes.get(rec.channel)
+        if endpoint is None or runtime is None:
+            what = "endpoint" if endpoint is None else "channel"
+            await self._final(notice, rec, rec.attempts, f"{what} no longer configured")
+            return
+        deadline = (notice.expires_at - self.clock()).total_seconds()
+        if deadline <= 0:
+            await self._final(notice, rec, rec.attempts, "the warning expired before delivery")
+            return
+        attempts = rec.attempts
+        retrying = runtime.retry.retrying(done=attempts, deadline_s=deadline, sleep=self.sleep)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    outcome, started = await self._attempt(runtime, notice, endpoint, rec, attempts)
+        except DeliveryError as exc:
+            if isinstance(exc, EndpointGone):
+                self.disabled[endpoint.id] = exc.reason
+                log.warning("endpoint %s disabled: %s", endpoint.id, exc.reason)
+            kind = "transient" if isinstance(exc, TransientDeliveryError) else "permanent"
+            await self._final(notice, rec, attempts, exc.reason, kind=kind)
+            return
+        state = DeliveryState.DELIVERED if outcome.delivered else DeliveryState.SENT
+        stage = Stage.DELIVERED if outcome.delivered else Stage.SENT
+        detail = dict(outcome.detail)
+        await self.store.record(
+            [DeliveryUpdate(rec.id, state, attempts, detail)],
+            [
+                LedgerDraft(notice.id, Stage.ATTEMPT, started, _entry(rec, endpoint, attempts)),
+                LedgerDraft(
+                    notice.id, stage, self.clock(), _entry(rec, endpoint, attempts, detail)
+                ),
+            ],
+        )
+
+    async def _attempt(
+        self,
+        runtime: ChannelRuntime,
+        notice: Notice,
+        endpoint: Endpoint,
+        rec: DeliveryRecord,
+        n: int,
+    ) -> tuple[Outcome, datetime]:
+        if endpoint.id in self.disabled:
+            raise PermanentDeliveryError(f"endpoint disabled: {self.disabled[endpoint.id]}")
+        # Wait out an open circuit outside the slot: other endpoints keep the channel busy.
+        while (delay := self.breaker.delay(endpoint.id)) > 0:
+            await self.sleep(
+                min(delay, max(0.0, (notice.expires_at - self.clock()).total_seconds()))
+            )
+            if self.clock() >= notice.expires_at:
+                raise PermanentDeliveryError("the warning expired while the endpoint was down")
+        started = self.clock()
+        async with runtime.slots.slot(notice.level):
+            if runtime.rate is not None:
+                await runtime.rate.acquire()
+            try:
+                outcome = await runtime.channel.send(Message(rec.id, notice, endpoint, n))
+            except DeliveryError as exc:
+                error: DeliveryError = exc
+            except Exception as exc:  # an adapter bug must not lose the delivery
+                log.exception("channel %s failed unexpectedly on %s", rec.channel, rec.id)
+                error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
+            else:
+                self.breaker.success(endpoint.id)
+                return outcome, started
+        if isinstance(error, TransientDeliveryError):
+            self.breaker.failure(endpoint.id)
+        await self._failed_attempt(notice, rec, endpoint, n, started, error)
+        raise error
+
+    async def _failed_attempt(
+        self,
+        notice: Notice,
+        rec: DeliveryRecord,
+        endpoint: Endpoint,
+        n: int,
+        started: datetime,
+        error: DeliveryError,
+    ) -> None:
+        data = _entry(rec, endpoint, n)
+        data["error"] = error.reason
+        data["transient"] = isinstance(error, TransientDeliveryError)
+        draft = LedgerDraft(notice.id, Stage.ATTEMPT, started, data)
+        # The attempt count is stored so a restart does not grant a fresh set of attempts.
+        detail = {"last_error": error.reason}
+        await self.store.record([DeliveryUpdate(rec.id, DeliveryState.PENDING, n, detail)], [draft])
+
+    async def _final(
+        self, notice: Notice, rec: DeliveryRecord, attempts: int, reason: str, kind: str = ""
+    ) -> None:
+        data: dict[str, Any] = {
+            "delivery_id": rec.id,
+            "channel": rec.channel,
+            "endpoint": rec.endpoint_id,
+            "attempts": attempts,
+            "reason": reason,
+        }
+        if kind:
+            data["error"] = kind
+        await self.store.record(
+            [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
+            [LedgerDraft(notice.id, Stage.FAILED, self.clock(), data)],
+        )
+
+
+def _entry(
+    rec: DeliveryRecord, endpoint: Endpoint, n: int, detail: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "delivery_id": rec.id,
+        "channel": rec.channel,
+        "endpoint": endpoint.id,
+        "attempt": n,
+    }
+    if detail:
+        data["detail"] = dict(detail)
+    return data

@@ -1,0 +1,172 @@
+"""The endpoint book: config/endpoints.yaml loaded into `channels.base.Endpoint`s.
+
+Township endpoints serve one township; partners (webhooks) serve districts or the whole city.
+Webhook secrets come from the environment variable each partner names, never from the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.channels.base import Endpoint
+from gateway.exceptions import ConfigError
+from gateway.model import Audience
+from gateway.townships import Registry
+from gateway.yamlfile import load_model
+
+log = logging.getLogger("gateway.endpoints")
+
+ENDPOINT_ID = r"^[A-Za-z0-9._-]{1,100}$"
+BOTH = frozenset({Audience.PUBLIC.value, Audience.RESPONSIBLE_PERSONS.value})
+DEFAULT_AUDIENCES = {
+    "mqtt": frozenset({Audience.PUBLIC.value}),
+    "webhook": frozenset({Audience.PUBLIC.value}),
+    "sms": BOTH,
+    "email": BOTH,
+}
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=ENDPOINT_ID)
+    audiences: list[Audience] | None = Field(default=None, min_length=1)
+    levels: list[int] | None = Field(default=None, min_length=1)
+
+
+class _TownshipEndpoint(_Common):
+    channel: Literal["mqtt", "sms", "email"]
+    kind: Literal["display", "broadcast"] | None = None
+    devices: list[str] = []
+    group: str | None = None
+    phones: list[str] = []
+    to: list[str] = []
+
+
+class _Partner(_Common):
+    name: str
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]*$")
+    timeout_s: float | None = Field(default=None, gt=0, le=120)
+    districts: list[str] | Literal["all"] = "all"
+    format: Literal["json", "cap"] = "json"
+
+
+class _EndpointsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    townships: dict[str, list[_TownshipEndpoint]] = {}
+    partners: list[_Partner] = []
+
+
+class EndpointBook:
+    """Endpoints by id and by township; immutable after loading."""
+
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
+        self.by_id: dict[str, Endpoint] = {}
+        self.by_township: dict[str, list[Endpoint]] = {}
+        for e in endpoints:
+            self.by_id[e.id] = e
+            for t in e.townships:
+                self.by_township.setdefault(t, []).append(e)
+        self._order = {eid: i for i, eid in enumerate(self.by_id)}
+
+    def serving(self, townships: Iterable[str]) -> list[Endpoint]:
+        """Every endpoint serving any of `townships`, each once, in config order."""
+        seen: dict[str, Endpoint] = {}
+        for t in townships:
+            for e in self.by_township.get(t, ()):
+                seen.setdefault(e.id, e)
+        return sorted(seen.values(), key=lambda e: self._order[e.id])
+
+    def replace_endpoints(self, changes: Mapping[str, Endpoint]) -> EndpointBook:
+        """A book with some endpoints swapped (the drill points partners at its own sinks)."""
+        return EndpointBook(changes.get(e.id, e) for e in self.by_id.values())
+
+    @classmethod
+    def load(cls, path: Path, registry: Registry, env: Mapping[str, str]) -> EndpointBook:
+        data = load_model(path, _EndpointsFile)
+        endpoints: list[Endpoint] = []
+        for code, items in data.townships.items():
+            if code not in registry.townships:
+                raise ConfigError(str(path), f"townships.{code}", "unknown township code")
+            for i, item in enumerate(items):
+                endpoints.append(_township_endpoint(path, f"townships.{code}[{i}]", code, item))
+        for i, p in enumerate(data.partners):
+            endpoints.append(_partner(path, f"partners[{i}]", p, registry, env))
+        seen: set[str] = set()
+        for e in endpoints:
+            if e.id in seen:
+                raise ConfigError(str(path), e.id, "duplicate endpoint id")
+            seen.add(e.id)
+        return cls(endpoints)
+
+    def without_secret(self) -> list[str]:
+        """Ids of webhook endpoints whose secret is not set (their deliveries will fail)."""
+        return [e.id for e in self.by_id.values() if e.channel == "webhook" and not e.secret]
+
+
+def _levels(path: Path, key: str, levels: list[int] | None) -> frozenset[int]:
+    if levels is None:
+        return frozenset({1, 2, 3, 4})
+    if not set(levels) <= {1, 2, 3, 4}:
+        raise ConfigError(str(path), f"{key}.levels", "levels are 1-4")
+    return frozenset(levels)
+
+
+def _audiences(channel: str, audiences: list[Audience] | None) -> frozenset[str]:
+    return frozenset(a.value for a in audiences) if audiences else DEFAULT_AUDIENCES[channel]
+
+
+def _township_endpoint(path: Path, key: str, code: str, item: _TownshipEndpoint) -> Endpoint:
+    base = Endpoint(
+        id=item.id,
+        channel=item.channel,
+        townships=(code,),
+        target="",
+        audiences=_audiences(item.channel, item.audiences),
+        levels=_levels(path, key, item.levels),
+    )
+    if item.channel == "mqtt":
+        if item.kind is None:
+            raise ConfigError(str(path), f"{key}.kind", "an mqtt endpoint needs display|broadcast")
+        return replace(base, target=item.kind, devices=tuple(item.devices))
+    if item.channel == "sms":
+        bad = [p for p in item.phones if not re.fullmatch(r"\+?\d{5,15}", p)]
+        if not item.phones or bad:
+            raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
+        return replace(base, target=item.group or item.id, recipients=tuple(item.phones))
+    bad = [a for a in item.to if "@" not in a]
+    if not item.to or bad:
+        raise ConfigError(str(path), f"{key}.to", "needs email addresses")
+    return replace(base, target=item.to[0], recipients=tuple(item.to))
+
+
+def _partner(
+    path: Path, key: str, p: _Partner, registry: Registry, env: Mapping[str, str]
+) -> Endpoint:
+    if p.districts == "all":
+        townships = tuple(registry.townships)
+    else:
+        unknown = [d for d in p.districts if d not in registry.districts]
+        if unknown:
+            raise ConfigError(str(path), f"{key}.districts", f"unknown: {', '.join(unknown)}")
+        townships = tuple(registry.expand(p.districts))
+    secret = env.get(p.secret_env) if p.secret_env else None
+    return Endpoint(
+        id=p.id,
+        channel="webhook",
+        townships=townships,
+        target=p.url,
+        secret=secret or None,
+        timeout=p.timeout_s,
+        audiences=_audiences("webhook", p.audiences),
+        levels=_levels(path, key, p.levels),
+        format=p.format,
+        covers_townships=False,
+    )

@@ -1,0 +1,187 @@
+"""Receipts that arrive after a send: SMS provider callbacks, MQTT board acks, partner acks.
+
+Each receipt is written to the ledger (`receipt`) with the far side's timestamp. SMS callbacks
+go through the delivery's `SmsStatus` book (ordered by provider timestamp; a part's final failure
+is never overwritten by another part's success) and settle the delivery as `delivered` or
+`failed`. An ack of a channel that already confirmed delivery (MQTT PUBACK, HTTP 2xx) adds the
+receipt without changing the state. A final state is never changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.channels.base import Receipt
+from gateway.channels.sms import RECEIPT_SOURCE as SMS_SOURCE
+from gateway.channels.sms import SmsStatus, parse_callback
+from gateway.exceptions import FieldError, InvalidWarning, NotFound
+from gateway.ledger import LedgerDraft, Stage, timestamp
+from gateway.policies.routing import delivery_id
+from gateway.store import Store
+from gateway.store.base import DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.townships import Registry, normalise
+
+log = logging.getLogger("gateway.receipts")
+
+
+class ReceiptDesk:
+    """Applies receipts to deliveries, one at a time per delivery."""
+
+    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def apply(self, receipt: Receipt) -> DeliveryRecord:
+        """Record `receipt`; NotFound when it names no known delivery."""
+        did = receipt.delivery_id
+        if did is None and receipt.warning_id and receipt.endpoint_id:
+            did = delivery_id(receipt.warning_id, receipt.endpoint_id)
+        if did is None:
+            raise NotFound("the receipt names no delivery", code="unknown_delivery")
+        lock = self._locks.setdefault(did, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._apply(did, receipt)
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(did, None)
+
+    async def manual(self, c: ManualConfirmation, registry: Registry) -> dict[str, object]:
+        """Record a manual confirmation; 404 for an unknown warning, 400 for a township
+        outside its area."""
+        stored = await self.store.get_warning(c.warning_id)
+        if stored is None:
+            raise NotFound(f"no warning {c.warning_id}", code="unknown_warning")
+        township = normalise(c.township) or c.township
+        area = stored.warning.get("area", {})
+        townships = registry.expand([*area.get("districts", []), *area.get("townships", [])])
+        if township not in townships:
+            raise InvalidWarning(
+                "the township is not in the warning's area",
+                code="invalid_receipt",
+                errors=[FieldError("township", f"{township} is not in the area of {c.warning_id}")],
+            )
+        data: dict[str, object] = {
+            "source": "manual",
+            "township": township,
+            "means": c.means,
+            "by": c.by,
+            "reported_at": timestamp(c.at),
+        }
+        if c.note:
+            data["note"] = c.note
+        await self.store.append([LedgerDraft(c.warning_id, Stage.RECEIPT, self.clock(), data)])
+        return data
+
+    async def sink(self, receipt: Receipt) -> None:
+        """A ReceiptSink for channels: unknown deliveries are logged, not raised."""
+        try:
+            await self.apply(receipt)
+        except NotFound:
+            log.warning("receipt from %s for an unknown delivery dropped", receipt.source)
+
+    async def _apply(self, did: str, receipt: Receipt) -> DeliveryRecord:
+        rec = await self.store.get_delivery(did)
+        if rec is None:
+            raise NotFound(f"no delivery {did}", code="unknown_delivery")
+        state = rec.state
+        book: dict[str, object] | None = None
+        if receipt.source == SMS_SOURCE:
+            status = SmsStatus.from_json(rec.receipt) if rec.receipt else SmsStatus()
+            status.apply(receipt)
+            book = status.to_json()
+            if status.overall == "delivered":
+                state = DeliveryState.DELIVERED
+            elif status.overall == "failed":
+                state = DeliveryState.FAILED
+        elif receipt.status == "delivered" and state == DeliveryState.SENT:
+            state = DeliveryState.DELIVERED
+        data: dict[str, object] = {
+            "delivery_id": did,
+            "channel": rec.channel,
+            "endpoint": rec.endpoint_id,
+            "status": receipt.status,
+            "source": receipt.source,
+            "reported_at": timestamp(receipt.at),
+        }
+        detail = {k: v for k, v in receipt.detail.items() if v is not None}
+        if detail:
+            data["detail"] = detail
+        if state != rec.state and rec.state in DeliveryState.FINAL:
+            state = rec.state
+        updates = []
+        if book is not None or state != rec.state:
+            updates.append(DeliveryUpdate(did, state, receipt=book or dict(rec.receipt or {})))
+        await self.store.record(
+            updates, [LedgerDraft(rec.warning_id, Stage.RECEIPT, self.clock(), data)]
+        )
+        return DeliveryRecord(
+            rec.id,
+            rec.warning_id,
+            rec.endpoint_id,
+            rec.channel,
+            rec.level,
+            state,
+            rec.attempts,
+            rec.detail,
+            book or rec.receipt,
+        )
+
+
+MEANS = ("鸣锣", "吹哨", "敲门入户", "广播车", "other")
+
+
+class _PartnerAck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    delivery_id: str = Field(min_length=1, max_length=300)
+    status: Literal["delivered", "failed"] = "delivered"
+    at: Annotated[AwareDatetime, Field(strict=True)] | None = None
+
+
+class ManualConfirmation(BaseModel):
+    """A township's confirmation that a manual means reached people (art. 20)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    warning_id: str = Field(min_length=1, max_length=128)
+    township: str = Field(pattern=r"^\d{9}(\d{3})?$")
+    means: Literal["鸣锣", "吹哨", "敲门入户", "广播车", "other"]
+    by: str = Field(min_length=1, max_length=200)
+    at: Annotated[AwareDatetime, Field(strict=True)]
+    note: str | None = Field(default=None, max_length=500)
+
+
+def parse_receipt(raw: bytes, now: datetime) -> Receipt | ManualConfirmation:
+    """The receipt in a POST /v1/receipts body: an SMS provider callback (`message_id`), a
+    partner ack (`delivery_id`) or a manual confirmation (`township`). InvalidWarning (400,
+    code `invalid_receipt`) lists every bad field."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidWarning(
+            "the body is not valid JSON",
+            code="invalid_receipt",
+            errors=[FieldError("(body)", str(exc))],
+        ) from exc
+    if isinstance(doc, dict) and "message_id" in doc:
+        return parse_callback(doc)
+    try:
+        if isinstance(doc, dict) and "township" in doc:
+            return ManualConfirmation.model_validate_json(raw)
+        ack = _PartnerAck.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            FieldError(".".join(str(p) for p in e["loc"]) or "(body)", e["msg"])
+            for e in exc.errors(include_url=False)
+        ]
+        raise InvalidWarning("invalid receipt", code="invalid_receipt", errors=errors) from exc
+    return Receipt(
+        status=ack.status, at=ack.at or now, source="partner-ack", delivery_id=ack.delivery_id
+    )

@@ -1,0 +1,202 @@
+"""Dispatcher behaviour: priority by level, retry policy, circuit breaker, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from gateway.channels.base import Channel, Message, Outcome, TransientDeliveryError
+from gateway.config import load_settings
+from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
+from gateway.policies.retry import RetryPolicy
+from gateway.samples import red_rainstorm_wanzhou
+from tests.conftest import MakeClient
+from tests.fanout import fanout_config, ledger, post_warning, settled
+from tests.helpers import TOKENS, iso, warning_body
+
+
+@dataclass
+class SlowChannel(Channel):
+    """A test double: each send takes `delay` seconds; records the order of warnings sent."""
+
+    name: ClassVar[str] = "sms"
+    delay: float = 0.002
+    order: list[str] = field(default_factory=list)
+    failures: int = 0
+
+    async def send(self, message: Message) -> Outcome:
+        await asyncio.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise TransientDeliveryError("told to fail")
+        self.order.append(message.notice.id)
+        return Outcome(delivered=True)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
+    }
+
+
+async def test_red_deliveries_overtake_a_queued_blue_fanout(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    # design.md: a level-1 (red) warning never waits behind a level-4 (blue) fan-out.
+    config = fanout_config(tmp_path, channels={"sms": "{provider: stub, concurrency: 1}"})
+    slow = SlowChannel()
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": slow})
+    now = datetime.now(UTC)
+    blue = red_rainstorm_wanzhou(now, "blue-wanzhou")
+    blue.update(level=4, title="万州区气象局发布暴雨蓝色预警信号")
+    red = warning_body(id="red-yuzhong", level=1)  # 渝中区: 11 SMS groups
+    assert (await post_warning(api, blue))["deliveries"] == 49
+    assert (await post_warning(api, red))["deliveries"] == 11
+    await settled(api, blue["id"])
+    await settled(api, red["id"])
+    assert len(slow.order) == 60
+    last_red = max(i for i, w in enumerate(slow.order) if w == red["id"])
+    blue_after_red = sum(1 for w in slow.order[last_red:] if w == blue["id"])
+    # Blue was queued first, yet every red delivery went out before most of it.
+    assert slow.order.count(red["id"]) == 11
+    assert blue_after_red > 30, slow.order
+
+
+async def test_transient_failures_are_retried_with_the_same_key(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    config = fanout_config(tmp_path)
+    slow = SlowChannel(failures=2)
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": slow})
+    body = warning_body(area={"townships": ["500103001"]})
+    await post_warning(api, body)
+    state = await settled(api, body["id"])
+    assert state["channels"]["sms"]["delivered"] == 1
+    attempts = [e["data"] for e in await ledger(api, body["id"]) if e["stage"] == "attempt"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert {a["delivery_id"] for a in attempts} == {f"{body['id']}/500103001-sms"}
+
+
+async def test_retries_stop_at_expiry(tmp_path: Path, make_client: MakeClient) -> None:
+    # design.md "retry": a deadline that never passes expires_at.
+    config = fanout_config(
+        tmp_path,
+        channels={"sms": "{retry: {attempts: 100, initial_s: 0.2, max_s: 0.2, jitter_s: 0}}"},
+    )
+    slow = SlowChannel(failures=1000)
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": slow})
+    body = warning_body(
+        area={"townships": ["500103001"]},
+        expires_at=iso(datetime.now(UTC) + timedelta(seconds=1.5)),
+    )
+    await post_warning(api, body)
+    state = await settled(api, body["id"], within=10)
+    assert state["channels"]["sms"]["failed"] == 1
+    attempts = [e for e in await ledger(api, body["id"]) if e["stage"] == "attempt"]
+    assert 2 <= len(attempts) < 100
+
+
+async def test_priority_slots_serve_the_most_urgent_waiter_first() -> None:
+    slots = PrioritySlots(1)
+    order: list[int] = []
+    await slots.acquire(4)
+
+    async def wait(priority: int) -> None:
+        async with slots.slot(priority):
+            order.append(priority)
+
+    tasks = [asyncio.create_task(wait(p)) for p in (4, 4, 1, 3, 1)]
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.gather(*tasks)
+    assert order == [1, 1, 3, 4, 4]
+
+
+async def test_a_cancelled_waiter_does_not_leak_its_slot() -> None:
+    slots = PrioritySlots(1)
+    await slots.acquire(1)
+    waiter = asyncio.create_task(slots.acquire(2))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release()
+    await asyncio.wait_for(slots.acquire(3), 1)
+
+
+def test_breaker_opens_after_threshold_and_closes_on_success() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(3, 30, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failure("p")
+    assert breaker.delay("p") == 0
+    breaker.failure("p")
+    assert breaker.delay("p") == 30
+    assert breaker.delay("other") == 0  # per endpoint
+    now[0] += 31
+    assert breaker.delay("p") == 0
+    breaker.success("p")
+    breaker.failure("p")
+    assert breaker.delay("p") == 0
+
+
+async def test_rate_limiter_spaces_acquisitions() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    limiter = RateLimiter(10, burst=1, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        await limiter.acquire()
+    assert len(slept) == 4
+    assert sum(slept) == pytest.approx(0.4)
+
+
+async def test_retry_policy_honours_retry_after_and_stops() -> None:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    policy = RetryPolicy(attempts=3, initial_s=1, max_s=10, jitter_s=0)
+    calls = 0
+
+    async def run() -> None:
+        nonlocal calls
+        async for attempt in policy.retrying(done=0, deadline_s=3600, sleep=sleep):
+            with attempt:
+                calls += 1
+                raise TransientDeliveryError("busy", retry_after=7 if calls == 1 else None)
+
+    with pytest.raises(TransientDeliveryError):
+        await run()
+    assert calls == 3
+    assert slept[0] == 7  # Retry-After beats the 1 s backoff
+    assert slept[1] == 2  # exponential: 1, 2, 4, ...
+
+
+async def test_retry_policy_counts_attempts_before_a_restart() -> None:
+    async def sleep(s: float) -> None:
+        return None
+
+    calls = 0
+
+    async def run() -> None:
+        nonlocal calls
+        async for attempt in RetryPolicy(attempts=5).retrying(done=3, deadline_s=60, sleep=sleep):
+            with attempt:
+                calls += 1
+                raise TransientDeliveryError("down")
+
+    with pytest.raises(TransientDeliveryError):
+        await run()
+    assert calls == 2
