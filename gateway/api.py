@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.clients import Authenticator
+from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
@@ -39,6 +40,7 @@ REGISTRY = web.AppKey("registry", Registry)
 BOOK = web.AppKey("book", EndpointBook)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 RECEIPTS = web.AppKey("receipts", ReceiptDesk)
+TRACKER = web.AppKey("tracker", CoverageTracker)
 MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
@@ -130,8 +132,9 @@ async def get_warning(request: web.Request) -> web.Response:
             "hazard": w["hazard"],
             "level": w["level"],
             "authorization": stored.authorization,
-            "deliveries": len(deliveries),
-            "channels": channel_counts(deliveries),
+            "deliveries": sum(1 for d in deliveries if not d.purpose),
+            "channels": channel_counts([d for d in deliveries if not d.purpose]),
+            "escalations": channel_counts([d for d in deliveries if d.purpose]),
             "blind_spots": stored.answer.get("blind_spots", []),
             "warning": w,
         }
@@ -159,6 +162,8 @@ def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
         "attempts": d.attempts,
         "detail": d.detail,
     }
+    if d.escalation_of:
+        out["escalation_of"] = d.escalation_of
     if d.receipt:
         out["receipt"] = d.receipt
     return out
@@ -174,6 +179,18 @@ async def get_deliveries(request: web.Request) -> web.Response:
     if state:
         deliveries = [d for d in deliveries if d.state == state]
     return json_response({"warning_id": wid, "deliveries": [delivery_json(d) for d in deliveries]})
+
+
+async def get_coverage(request: web.Request) -> web.Response:
+    """Per township: covered (by what, when) or pending, blind spot, escalated (art. 20)."""
+    wid = request.match_info["id"]
+    store = request.app[STORE]
+    stored = await store.get_warning(wid)
+    if stored is None:
+        raise NotFound(f"no warning {wid}")
+    rows = await store.coverage_for(wid)
+    deadline = request.app[TRACKER].deadline(stored)
+    return json_response(coverage_report(stored, rows, request.app[REGISTRY], deadline))
 
 
 async def post_receipt(request: web.Request) -> web.Response:
@@ -236,6 +253,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/warnings/{id}", get_warning)
     app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)
     app.router.add_get("/v1/warnings/{id}/deliveries", get_deliveries)
+    app.router.add_get("/v1/warnings/{id}/coverage", get_coverage)
     app.router.add_post("/v1/receipts", post_receipt)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

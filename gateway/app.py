@@ -19,6 +19,7 @@ from gateway.api import (
     RECEIPTS,
     REGISTRY,
     STORE,
+    TRACKER,
     add_routes,
     error_middleware,
 )
@@ -26,6 +27,7 @@ from gateway.channels.base import Channel
 from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
 from gateway.config import Settings
+from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
@@ -69,7 +71,7 @@ def build_app(
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings.store_url))
             app[STORE] = store
-            desk = ReceiptDesk(store, clock)
+            desk = ReceiptDesk(store, clock, book)
             app[RECEIPTS] = desk
             built = channels if channels is not None else build_channels(settings, book, desk.sink)
             runtimes = {}
@@ -83,8 +85,20 @@ def build_app(
                     rate=RateLimiter(cs.rate_per_s) if cs and cs.rate_per_s > 0 else None,
                 )
             breaker = CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s)
-            dispatcher = Dispatcher(store, book, runtimes, breaker, clock=clock, sleep=sleep)
+            dispatcher = Dispatcher(
+                store, book, runtimes, breaker, clock=clock, sleep=sleep, registry=registry
+            )
             app[DISPATCHER] = dispatcher
+            tracker = CoverageTracker(
+                store,
+                book,
+                registry,
+                settings.coverage.deadline_map(),
+                clock=clock,
+                dispatch=dispatcher.dispatch,
+                channels=list(runtimes),
+            )
+            app[TRACKER] = tracker
             app[INGEST] = Ingest(
                 store,
                 registry,
@@ -93,9 +107,11 @@ def build_app(
                 book=book,
                 channels=list(runtimes),
                 dispatch=dispatcher.dispatch,
+                tracker=tracker,
                 clock=clock,
             )
             await stack.enter_async_context(dispatcher)
+            await stack.enter_async_context(tracker)
             yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -20,9 +23,11 @@ from gateway import __version__
 from gateway.app import build_app
 from gateway.clients import token_env, warn_tokenless
 from gateway.config import load_settings
+from gateway.coverage import coverage_report
 from gateway.exceptions import ConfigError, LedgerCorrupt
 from gateway.ledger import verify
 from gateway.store import open_store
+from gateway.townships import Registry
 
 log = logging.getLogger("gateway")
 
@@ -50,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--client", default="platform", help="client whose token to use")
     send.add_argument("--config", type=Path)
 
+    coverage = sub.add_parser("coverage", help="print a warning's township coverage")
+    coverage.add_argument("warning_id")
+    coverage.add_argument("--config", type=Path)
+    coverage.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
     ledger = sub.add_parser("ledger", help="ledger tools")
     lsub = ledger.add_subparsers(dest="ledger_command", required=True)
     lverify = lsub.add_parser("verify", help="check the ledger's hash chain")
@@ -74,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_drill(args.config, as_json=args.json)
         if args.command == "send":
             return asyncio.run(_send(args))
+        if args.command == "coverage":
+            return asyncio.run(_coverage(args))
         return asyncio.run(_ledger_verify(args))
     except ConfigError as exc:
         print(f"gateway: config error: {exc.file}: {exc.key}: {exc.reason}", file=sys.stderr)
@@ -121,3 +133,48 @@ async def _ledger_verify(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     print(f"ledger ok: {count} entries verified")
     return 0
+
+
+async def _coverage(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    registry = Registry.load(settings.townships_path)
+    async with open_store(settings.store_url) as store:
+        stored = await store.get_warning(args.warning_id)
+        if stored is None:
+            print(f"gateway coverage: no warning {args.warning_id}", file=sys.stderr)
+            return EXIT_FAILED
+        rows = await store.coverage_for(args.warning_id)
+    level = int(stored.warning["level"])
+    deadline = stored.received_at + timedelta(seconds=settings.coverage.deadline_map()[level])
+    report = coverage_report(stored, rows, registry, deadline)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print_coverage(report, registry)
+    return 0
+
+
+def print_coverage(report: dict[str, Any], registry: Registry) -> None:
+    """The coverage report as a table, district by district."""
+    c = report["counts"]
+    print(
+        f"warning {report['warning_id']}: {c['covered']}/{c['townships']} townships covered "
+        f"({report['covered_share']:.1%}), {c['blind_spots']} blind spot(s), "
+        f"{c['escalated']} escalated; deadline {report['deadline_at']}"
+    )
+    by_district: dict[str, list[dict[str, Any]]] = {}
+    for t in report["townships"]:
+        by_district.setdefault(t["district"], []).append(t)
+    for district, items in by_district.items():
+        done = sum(1 for t in items if t["status"] == "covered")
+        print(f"\n{registry.name(district)} ({district}): {done}/{len(items)} covered")
+        for t in items:
+            by = t.get("covered_by") or {}
+            how = by.get("means") or " ".join(
+                str(by[k]) for k in ("channel", "endpoint") if k in by
+            )
+            flags = ("blind spot " if t["blind_spot"] else "") + (
+                f"escalated {t['escalated_at'][11:19]}" if t.get("escalated_at") else ""
+            )
+            at = t.get("covered_at", "")[11:19]
+            print(f"  {t['township']} {t['name']:<12} {t['status']:<8} {at:<8} {how:<28} {flags}")

@@ -112,6 +112,21 @@ class BreakerSettings(BaseModel):
     cooldown_s: float = Field(default=30, gt=0, le=3600)
 
 
+class CoverageSettings(BaseModel):
+    """Per level (1 red ... 4 blue): seconds after receipt by which every township must be
+    reached; later, uncovered townships are escalated to their command centres."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    deadlines_s: dict[Literal[1, 2, 3, 4], float] = Field(
+        default={1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
+    )
+
+    def deadline_map(self) -> dict[int, float]:
+        out = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
+        out.update({int(k): v for k, v in self.deadlines_s.items()})
+        return out
+
+
 class _GatewayFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str = DEFAULT_LISTEN
@@ -120,6 +135,7 @@ class _GatewayFile(BaseModel):
     clients: dict[str, _ClientFile] = {}
     channels: ChannelsSettings = ChannelsSettings()
     breaker: BreakerSettings = BreakerSettings()
+    coverage: CoverageSettings = CoverageSettings()
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,7 @@ class Settings:
     clients: tuple[Client, ...]
     channels: ChannelsSettings
     breaker: BreakerSettings
+    coverage: CoverageSettings
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from; webhook secrets are looked up in it."""
@@ -264,6 +281,7 @@ def load_settings(
         clients=tuple(clients),
         channels=channels,
         breaker=data.breaker,
+        coverage=data.coverage,
         secrets=secrets,
         env=dict(env),
     )

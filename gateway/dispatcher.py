@@ -29,12 +29,14 @@ from gateway.channels.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
 from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.townships import Registry
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -65,6 +67,7 @@ class Dispatcher:
         *,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
         self.book = book
@@ -72,6 +75,7 @@ class Dispatcher:
         self.breaker = breaker
         self.clock = clock
         self.sleep = sleep
+        self.registry = registry
         self.disabled: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -164,6 +168,8 @@ class Dispatcher:
         if deadline <= 0:
             await self._final(notice, rec, rec.attempts, "the warning expired before delivery")
             return
+        if rec.escalation_of and self.registry is not None:
+            notice = escalation_notice(notice, rec.escalation_of, self.registry)
         attempts = rec.attempts
         retrying = runtime.retry.retrying(done=attempts, deadline_s=deadline, sleep=self.sleep)
         try:
@@ -181,14 +187,18 @@ class Dispatcher:
         state = DeliveryState.DELIVERED if outcome.delivered else DeliveryState.SENT
         stage = Stage.DELIVERED if outcome.delivered else Stage.SENT
         detail = dict(outcome.detail)
+        now = self.clock()
+        covers = []
+        if outcome.delivered and endpoint.covers_townships and not rec.escalation_of:
+            by = {"channel": rec.channel, "endpoint": endpoint.id}
+            covers = [Cover(rec.warning_id, t, now, by) for t in endpoint.townships]
         await self.store.record(
             [DeliveryUpdate(rec.id, state, attempts, detail)],
             [
                 LedgerDraft(notice.id, Stage.ATTEMPT, started, _entry(rec, endpoint, attempts)),
-                LedgerDraft(
-                    notice.id, stage, self.clock(), _entry(rec, endpoint, attempts, detail)
-                ),
+                LedgerDraft(notice.id, stage, now, _entry(rec, endpoint, attempts, detail)),
             ],
+            covers,
         )
 
     async def _attempt(

@@ -168,7 +168,14 @@ async def _drive(base_url: str, token: str, book: EndpointBook) -> dict[str, Any
         name: {k: c.get(k, 0) for k in ("planned", "delivered", "failed")}
         for name, c in state["channels"].items()
     }
-    lost = sum(c["planned"] - c["delivered"] - c["failed"] for c in counts.values())
+    escalations = {
+        name: {k: c.get(k, 0) for k in ("planned", "delivered", "failed")}
+        for name, c in state.get("escalations", {}).items()
+    }
+    lost = sum(
+        c["planned"] - c["delivered"] - c["failed"]
+        for c in [*counts.values(), *escalations.values()]
+    )
     reached = sorted(
         {
             t
@@ -187,6 +194,7 @@ async def _drive(base_url: str, token: str, book: EndpointBook) -> dict[str, Any
         "accepted": status == 202,
         "channels": counts,
         "lost": lost if status == 202 else 1,
+        "escalations": escalations,
         "reached": reached,
         "blind_spots": answer.get("blind_spots", []),
         "acks": sum(1 for r in receipts if r["data"].get("source") == "mqtt-ack"),
@@ -205,7 +213,8 @@ async def _settle(
             state: dict[str, Any] = await resp.json()
         async with http.get(f"/v1/warnings/{wid}/receipts") as resp:
             entries: list[dict[str, Any]] = (await resp.json())["entries"]
-        open_ = sum(c["pending"] + c["sent"] for c in state["channels"].values())
+        groups = [*state["channels"].values(), *state.get("escalations", {}).values()]
+        open_ = sum(c["pending"] + c["sent"] for c in groups)
         acks = sum(1 for e in entries if e["data"].get("source") == "mqtt-ack")
         mqtt = state["channels"].get("mqtt", {}).get("delivered", 0)
         if (open_ == 0 and acks >= mqtt) or loop.time() > deadline:
@@ -220,11 +229,13 @@ def _check(s: dict[str, Any]) -> bool:
     """Everything accepted was delivered, and the sinks got what the ledger says."""
     channels = s["channels"]
     sinks = s["sinks"]
+    emails = channels.get("email", {}).get("delivered", 0)
+    emails += s["escalations"].get("email", {}).get("delivered", 0)
     return bool(
         s["accepted"]
         and s["ledger_ok"]
         and s["lost"] == 0
-        and sinks["email"] == channels.get("email", {}).get("delivered", 0)
+        and sinks["email"] == emails
         and sinks["webhook"] == channels.get("webhook", {}).get("delivered", 0)
         and sinks["webhook_unverified"] == 0
     )
@@ -245,5 +256,7 @@ def _print(s: dict[str, Any], registry: Registry) -> None:
     print(f"  townships reached: {len(names)}: {'、'.join(names)}")
     blind = [f"{registry.name(t)} ({t})" for t in s["blind_spots"]]
     print(f"  blind spots (no endpoint): {len(blind)}: {'、'.join(blind) or '-'}")
+    sent = sum(c["delivered"] for c in s["escalations"].values())
+    print(f"  escalated to command centres: {sent} message(s) delivered")
     print(f"  ledger: {len(s['ledger'])} entries, chain {'ok' if s['ledger_ok'] else 'BROKEN'}")
     print(f"  lost: {s['lost']}")

@@ -58,10 +58,18 @@ class _Partner(_Common):
     format: Literal["json", "cap"] = "json"
 
 
+class _Centre(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    email: list[str] = []
+    phones: list[str] = []
+
+
 class _EndpointsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     townships: dict[str, list[_TownshipEndpoint]] = {}
     partners: list[_Partner] = []
+    command_centres: dict[str, _Centre] = {}
 
 
 class EndpointBook:
@@ -70,8 +78,12 @@ class EndpointBook:
     def __init__(self, endpoints: Iterable[Endpoint]) -> None:
         self.by_id: dict[str, Endpoint] = {}
         self.by_township: dict[str, list[Endpoint]] = {}
+        self.centres: dict[str, list[Endpoint]] = {}
         for e in endpoints:
             self.by_id[e.id] = e
+            if e.escalation_for is not None:
+                self.centres.setdefault(e.escalation_for, []).append(e)
+                continue
             for t in e.townships:
                 self.by_township.setdefault(t, []).append(e)
         self._order = {eid: i for i, eid in enumerate(self.by_id)}
@@ -83,6 +95,10 @@ class EndpointBook:
             for e in self.by_township.get(t, ()):
                 seen.setdefault(e.id, e)
         return sorted(seen.values(), key=lambda e: self._order[e.id])
+
+    def centres_for(self, township: str) -> list[Endpoint]:
+        """The command-centre contacts to escalate a township to: its own, then its district's."""
+        return [*self.centres.get(township, ()), *self.centres.get(township[:6], ())]
 
     def replace_endpoints(self, changes: Mapping[str, Endpoint]) -> EndpointBook:
         """A book with some endpoints swapped (the drill points partners at its own sinks)."""
@@ -99,6 +115,10 @@ class EndpointBook:
                 endpoints.append(_township_endpoint(path, f"townships.{code}[{i}]", code, item))
         for i, p in enumerate(data.partners):
             endpoints.append(_partner(path, f"partners[{i}]", p, registry, env))
+        for code, centre in data.command_centres.items():
+            if not registry.known(code):
+                raise ConfigError(str(path), f"command_centres.{code}", "unknown area code")
+            endpoints.extend(_centre(path, f"command_centres.{code}", code, centre))
         seen: set[str] = set()
         for e in endpoints:
             if e.id in seen:
@@ -170,3 +190,37 @@ def _partner(
         format=p.format,
         covers_townships=False,
     )
+
+
+def _centre(path: Path, key: str, code: str, c: _Centre) -> list[Endpoint]:
+    """A command centre's contacts as escalation-only endpoints (email, SMS)."""
+    out: list[Endpoint] = []
+    if c.email:
+        if any("@" not in a for a in c.email):
+            raise ConfigError(str(path), f"{key}.email", "needs email addresses")
+        out.append(
+            Endpoint(
+                id=f"centre-{code}-email",
+                channel="email",
+                townships=(),
+                target=c.name,
+                recipients=tuple(c.email),
+                escalation_for=code,
+            )
+        )
+    if c.phones:
+        if any(not re.fullmatch(r"\+?\d{5,15}", p) for p in c.phones):
+            raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
+        out.append(
+            Endpoint(
+                id=f"centre-{code}-sms",
+                channel="sms",
+                townships=(),
+                target=c.name,
+                recipients=tuple(c.phones),
+                escalation_for=code,
+            )
+        )
+    if not out:
+        raise ConfigError(str(path), key, "a command centre needs email or phones")
+    return out

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.channels.base import Notice
 from gateway.clients import Client
+from gateway.coverage import CoverageTracker
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import (
     Conflict,
@@ -30,7 +31,7 @@ from gateway.model import MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy
 from gateway.policies.routing import delivery_id, plan
 from gateway.store import Store, StoredWarning
-from gateway.store.base import DeliveryRecord
+from gateway.store.base import CoverageRow, DeliveryRecord
 from gateway.townships import Registry
 
 Clock = Callable[[], datetime]
@@ -59,6 +60,7 @@ class Ingest:
         book: EndpointBook,
         channels: Collection[str],
         dispatch: Dispatch | None = None,
+        tracker: CoverageTracker | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
@@ -68,6 +70,7 @@ class Ingest:
         self.book = book
         self.channels = channels
         self.dispatch = dispatch
+        self.tracker = tracker
         self.clock = clock
 
     async def submit(self, raw: bytes, client: Client) -> tuple[int, dict[str, Any]]:
@@ -136,14 +139,20 @@ class Ingest:
                 "blind_spots": list(routed.blind_spots),
             },
         )
+        blind = set(routed.blind_spots)
+        coverage = [CoverageRow(warning.id, t, t in blind) for t in routed.townships]
         result, created = await self.store.accept(
-            stored, [received, authorized, planned], deliveries
+            stored, [received, authorized, planned], deliveries, coverage
         )
         if not created:  # the same id arrived concurrently and was stored first
             return self._replay(result, digest)
         self.metrics.warnings.labels("accepted").inc()
         if self.dispatch is not None:
             await self.dispatch(Notice.from_document(stored.warning), deliveries)
+        if self.tracker is not None:
+            self.tracker.watch(stored)
+            if routed.blind_spots:  # art. 20: no means reaches them; escalate at once
+                await self.tracker.escalate(stored, routed.blind_spots, reason="blind_spot")
         return 202, answer
 
     def _replay(self, prior: StoredWarning, digest: str) -> tuple[int, dict[str, Any]]:

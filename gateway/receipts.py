@@ -21,11 +21,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from gateway.channels.base import Receipt
 from gateway.channels.sms import RECEIPT_SOURCE as SMS_SOURCE
 from gateway.channels.sms import SmsStatus, parse_callback
+from gateway.endpoints import EndpointBook
 from gateway.exceptions import FieldError, InvalidWarning, NotFound
 from gateway.ledger import LedgerDraft, Stage, timestamp
 from gateway.policies.routing import delivery_id
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
 from gateway.townships import Registry, normalise
 
 log = logging.getLogger("gateway.receipts")
@@ -34,9 +35,12 @@ log = logging.getLogger("gateway.receipts")
 class ReceiptDesk:
     """Applies receipts to deliveries, one at a time per delivery."""
 
-    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], datetime], book: EndpointBook | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.book = book
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def apply(self, receipt: Receipt) -> DeliveryRecord:
@@ -78,7 +82,13 @@ class ReceiptDesk:
         }
         if c.note:
             data["note"] = c.note
-        await self.store.append([LedgerDraft(c.warning_id, Stage.RECEIPT, self.clock(), data)])
+        now = self.clock()
+        by = {"means": c.means, "by": c.by, "reported_at": timestamp(c.at)}
+        await self.store.record(
+            [],
+            [LedgerDraft(c.warning_id, Stage.RECEIPT, now, data)],
+            [Cover(c.warning_id, township, now, by)],
+        )
         return data
 
     async def sink(self, receipt: Receipt) -> None:
@@ -120,8 +130,15 @@ class ReceiptDesk:
         updates = []
         if book is not None or state != rec.state:
             updates.append(DeliveryUpdate(did, state, receipt=book or dict(rec.receipt or {})))
+        now = self.clock()
+        covers: list[Cover] = []
+        endpoint = self.book.by_id.get(rec.endpoint_id) if self.book else None
+        reached = state == DeliveryState.DELIVERED or receipt.status == "delivered"
+        if reached and endpoint is not None and endpoint.covers_townships and not rec.purpose:
+            by = {"channel": rec.channel, "endpoint": rec.endpoint_id, "receipt": receipt.source}
+            covers = [Cover(rec.warning_id, t, now, by) for t in endpoint.townships]
         await self.store.record(
-            updates, [LedgerDraft(rec.warning_id, Stage.RECEIPT, self.clock(), data)]
+            updates, [LedgerDraft(rec.warning_id, Stage.RECEIPT, now, data)], covers
         )
         return DeliveryRecord(
             rec.id,

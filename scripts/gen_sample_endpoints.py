@@ -64,6 +64,25 @@ def main() -> None:
                 f"to: [command-{code}@townships.example.org]}}",
             ]
     lines += [
+        "# Command centres receive escalations (art. 20-21): a township not confirmed reached by",
+        "# its deadline, or with no endpoint at all. Township centres (乡镇街道基层治理指挥中心)",
+        "# and district centres; email and/or phones.",
+        "command_centres:",
+    ]
+    for district in registry["districts"]:
+        if district["code"] not in DISTRICTS:
+            continue
+        dcode = district["code"]
+        lines.append(
+            f'  "{dcode}": {{name: {district["name"]}应急指挥中心, '
+            f'email: [command-{dcode}@districts.example.org], phones: ["137{dcode[-8:]:0>8}"]}}'
+        )
+        for t in district["townships"]:
+            code, name = t["code"], t["name"]
+            lines.append(
+                f'  "{code}": {{name: {name}基层治理指挥中心, phones: ["136{code[-8:]}"]}}'
+            )
+    lines += [
         "partners:",
         "  - id: partner-cq-tv",
         "    name: 重庆广播电视台（滚动字幕）",

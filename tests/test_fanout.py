@@ -109,8 +109,17 @@ async def test_red_warning_reaches_every_channel(
     assert 0 < msg.properties.MessageExpiryInterval <= 6 * 3600
     # Every township command centre got one email with the colour in its subject.
     mails = smtp_server.messages()
-    assert len(mails) == 49
+    to_townships = [m for m in mails if m.rcpt_tos[0].endswith("@townships.example.org")]
+    assert len(to_townships) == 49
     assert all("红色" in m.message["Subject"] for m in mails)
+    # The 3 blind spots were escalated at once to 万州区's command centre (art. 20-21).
+    escalations = [m for m in mails if m.rcpt_tos == ("command-500101@districts.example.org",)]
+    assert len(escalations) == 1
+    assert "未覆盖" in escalations[0].message["Subject"]
+    plain = escalations[0].message.get_body(("plain",))
+    assert plain is not None
+    body_text = plain.get_content()
+    assert all(name in body_text for name in ("恒合土家族乡", "黄柏乡", "茨竹乡"))
     # Each partner got one delivery, verified with the stock standardwebhooks library.
     for receiver, secret in ((tv, SECRET_TV), (news, SECRET_NEWS)):
         reqs = receiver.requests()
@@ -122,10 +131,12 @@ async def test_red_warning_reaches_every_channel(
         )
         Webhook(secret)  # the secret is one the library accepts
     # The ledger holds each stage, and its chain verifies.
-    stages = [e["stage"] for e in await ledger(api, body["id"])]
+    entries = await ledger(api, body["id"])
+    stages = [e["stage"] for e in entries]
     assert stages[:4] == ["received", "authorized", "planned", "queued"]
-    assert stages.count("attempt") == 198
-    assert stages.count("delivered") == 198
+    warning_only = [e for e in entries if "/escalate-" not in e["data"].get("delivery_id", "")]
+    assert [e["stage"] for e in warning_only].count("attempt") == 198
+    assert [e["stage"] for e in warning_only].count("delivered") == 198
     await api.close()
     async with open_store(settings.store_url) as store:
         assert await verify(store.ledger()) > 0
@@ -161,7 +172,8 @@ async def test_smtp_refusing_then_accepting_loses_nothing(
     await post_warning(api, body)
     state = await settled(api, body["id"])
     assert state["channels"]["email"]["delivered"] == 49
-    assert len(smtp.messages()) == 49
+    to_townships = [m for m in smtp.messages() if "townships" in m.rcpt_tos[0]]
+    assert len(to_townships) == 49
     errors = [e for e in await ledger(api, body["id"]) if e["data"].get("error")]
     assert len(errors) == 5
     assert all(e["data"]["transient"] for e in errors)

@@ -80,6 +80,7 @@ class Endpoint:
     levels: frozenset[int] = frozenset({1, 2, 3, 4})
     format: str = "json"
     covers_townships: bool = True
+    escalation_for: str | None = None
 
     @property
     def district(self) -> str | None:

@@ -51,6 +51,38 @@ class DeliveryRecord:
     attempts: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
     receipt: dict[str, Any] | None = None
+    purpose: str | None = None
+    """None for the warning itself; `escalation:<township>,<township>...` for an escalation
+    to a command centre about townships not reached (art. 20-21)."""
+
+    @property
+    def escalation_of(self) -> list[str]:
+        """The townships an escalation delivery is about; empty for the warning itself."""
+        if self.purpose and self.purpose.startswith("escalation:"):
+            return self.purpose.removeprefix("escalation:").split(",")
+        return []
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """Whether one township of a warning's area was reached (art. 20), and how."""
+
+    warning_id: str
+    township: str
+    blind_spot: bool = False
+    covered_at: str | None = None
+    covered_by: dict[str, Any] | None = None
+    escalated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Cover:
+    """A township reached: by a delivered/acknowledged delivery or a manual means."""
+
+    warning_id: str
+    township: str
+    at: datetime
+    by: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -73,8 +105,9 @@ class Store(Protocol):
 
     `accept` stores a warning, its planned deliveries and its ledger entries in one transaction
     unless a warning with that id exists; it returns the stored warning and whether it was new.
-    Concurrent calls for one id store it once. `record` applies delivery updates and their
-    ledger entries in one transaction.
+    Concurrent calls for one id store it once. `record` applies delivery updates, their
+    ledger entries and the townships they covered in one transaction (a township's first cover
+    is kept). `escalate` marks townships escalated and stores the escalation deliveries.
     """
 
     async def __aenter__(self) -> Self: ...
@@ -91,13 +124,30 @@ class Store(Protocol):
         warning: StoredWarning,
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
+        coverage: Sequence[CoverageRow] = (),
     ) -> tuple[StoredWarning, bool]: ...
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None: ...
 
     async def record(
-        self, updates: Sequence[DeliveryUpdate], entries: Sequence[LedgerDraft]
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
     ) -> None: ...
+
+    async def escalate(
+        self,
+        warning_id: str,
+        townships: Sequence[str],
+        at: datetime,
+        deliveries: Sequence[DeliveryRecord],
+        entries: Sequence[LedgerDraft],
+    ) -> None: ...
+
+    async def coverage_for(self, warning_id: str) -> list[CoverageRow]: ...
+
+    async def active_warnings(self, now: datetime) -> list[StoredWarning]: ...
 
     async def unfinished(self) -> list[DeliveryRecord]: ...
 

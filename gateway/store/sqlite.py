@@ -21,7 +21,7 @@ from typing import Self
 import aiosqlite
 
 from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, chain, timestamp
-from gateway.store.base import DeliveryRecord, DeliveryUpdate, StoredWarning
+from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
 
 log = logging.getLogger("gateway.store")
 
@@ -59,10 +59,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     detail TEXT NOT NULL,
-    receipt TEXT
+    receipt TEXT,
+    purpose TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_warning ON deliveries (warning_id);
 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (state);
+CREATE TABLE IF NOT EXISTS coverage (
+    warning_id TEXT NOT NULL,
+    township TEXT NOT NULL,
+    blind_spot INTEGER NOT NULL,
+    covered_at TEXT,
+    covered_by TEXT,
+    escalated_at TEXT,
+    PRIMARY KEY (warning_id, township)
+) WITHOUT ROWID;
 """
 
 _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
@@ -74,6 +84,9 @@ class _Write:
     warning: StoredWarning | None = None
     deliveries: Sequence[DeliveryRecord] = ()
     updates: Sequence[DeliveryUpdate] = ()
+    coverage: Sequence[CoverageRow] = ()
+    covers: Sequence[Cover] = ()
+    escalated: tuple[str, Sequence[str], str] | None = None
     done: asyncio.Future[tuple[StoredWarning, bool] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -87,6 +100,9 @@ class _Rows:
     deliveries: list[tuple[object, ...]] = field(default_factory=list)
     updates: list[tuple[object, ...]] = field(default_factory=list)
     receipts: list[tuple[object, ...]] = field(default_factory=list)
+    coverage: list[tuple[object, ...]] = field(default_factory=list)
+    covers: list[tuple[object, ...]] = field(default_factory=list)
+    escalated: list[tuple[object, ...]] = field(default_factory=list)
     ledger: list[tuple[object, ...]] = field(default_factory=list)
 
     def add(self, w: _Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
@@ -98,8 +114,16 @@ class _Rows:
                 return (prior, False)
             known[w.warning.id] = w.warning
             self.warnings.append(_warning_row(w.warning))
-            self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
+            self.coverage.extend((c.warning_id, c.township, int(c.blind_spot)) for c in w.coverage)
             result = (w.warning, True)
+        self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
+        self.covers.extend(
+            (timestamp(c.at), json.dumps(c.by, ensure_ascii=False), c.warning_id, c.township)
+            for c in w.covers
+        )
+        if w.escalated is not None:
+            wid, townships, at = w.escalated
+            self.escalated.extend((at, wid, t) for t in townships)
         for u in w.updates:
             if u.receipt is None:
                 detail = json.dumps(u.detail, ensure_ascii=False)
@@ -113,7 +137,21 @@ class _Rows:
         unfinished = "WHERE id = ? AND state IN ('pending', 'sent')"
         out = [
             ("INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?)", self.warnings),
-            ("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,NULL)", self.deliveries),
+            ("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,NULL,?)", self.deliveries),
+            (
+                "INSERT INTO coverage (warning_id, township, blind_spot) VALUES (?,?,?)",
+                self.coverage,
+            ),
+            (
+                "UPDATE coverage SET covered_at = ?, covered_by = ? "
+                "WHERE warning_id = ? AND township = ? AND covered_at IS NULL",
+                self.covers,
+            ),
+            (
+                "UPDATE coverage SET escalated_at = ? "
+                "WHERE warning_id = ? AND township = ? AND escalated_at IS NULL",
+                self.escalated,
+            ),
             (
                 f"UPDATE deliveries SET state = ?, attempts = ?, detail = ? {unfinished}",
                 self.updates,
@@ -161,12 +199,23 @@ def _to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
         attempts=row[6],
         detail=json.loads(row[7]),
         receipt=json.loads(row[8]) if row[8] else None,
+        purpose=row[9],
     )
 
 
 def _delivery_row(d: DeliveryRecord) -> tuple[object, ...]:
     detail = json.dumps(d.detail, ensure_ascii=False)
-    return (d.id, d.warning_id, d.endpoint_id, d.channel, d.level, d.state, d.attempts, detail)
+    return (
+        d.id,
+        d.warning_id,
+        d.endpoint_id,
+        d.channel,
+        d.level,
+        d.state,
+        d.attempts,
+        detail,
+        d.purpose,
+    )
 
 
 def _to_entry(row: aiosqlite.Row) -> LedgerEntry:
@@ -224,8 +273,9 @@ class SqliteStore:
         warning: StoredWarning,
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
+        coverage: Sequence[CoverageRow] = (),
     ) -> tuple[StoredWarning, bool]:
-        result = await self._submit(_Write(entries, warning, deliveries))
+        result = await self._submit(_Write(entries, warning, deliveries, coverage=coverage))
         assert result is not None
         return result
 
@@ -234,10 +284,26 @@ class SqliteStore:
             await self._submit(_Write(entries))
 
     async def record(
-        self, updates: Sequence[DeliveryUpdate], entries: Sequence[LedgerDraft]
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
     ) -> None:
-        if updates or entries:
-            await self._submit(_Write(entries, updates=updates))
+        if updates or entries or covers:
+            await self._submit(_Write(entries, updates=updates, covers=covers))
+
+    async def escalate(
+        self,
+        warning_id: str,
+        townships: Sequence[str],
+        at: datetime,
+        deliveries: Sequence[DeliveryRecord],
+        entries: Sequence[LedgerDraft],
+    ) -> None:
+        write = _Write(
+            entries, deliveries=deliveries, escalated=(warning_id, townships, timestamp(at))
+        )
+        await self._submit(write)
 
     async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
         if self._writer is None or self._writer.done():
@@ -342,6 +408,24 @@ class SqliteStore:
         assert self._r is not None
         async with self._r.execute(f"SELECT * FROM deliveries WHERE {where}", args) as cur:
             return [_to_delivery(row) for row in await cur.fetchall()]
+
+    async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
+        assert self._r is not None
+        sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
+        async with self._r.execute(sql, (warning_id,)) as cur:
+            rows = await cur.fetchall()
+        return [
+            CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
+            for r in rows
+        ]
+
+    async def active_warnings(self, now: datetime) -> list[StoredWarning]:
+        assert self._r is not None
+        # expires_at is stored with its offset; compare as instants in Python.
+        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
+        async with self._r.execute(sql) as cur:
+            rows = [_to_warning(r) for r in await cur.fetchall()]
+        return [w for w in rows if w.expires_at > now]
 
     async def ping(self) -> None:
         assert self._r is not None

@@ -1,0 +1,218 @@
+"""Township coverage (art. 20-21): is every township of a warning's area reached?
+
+A township is covered when a delivery to a township-level endpoint serving it is delivered or
+acknowledged, or when a manual means (鸣锣, 吹哨, 敲门入户, 广播车...) is confirmed on
+POST /v1/receipts. Townships with no endpoint on the warning's channels are blind spots: listed
+in the 202 answer and escalated at once. At the level's deadline every township still not
+covered is escalated to its township and district command centres (email/SMS, durable
+deliveries like any other), with a ledger entry `escalated`; it stays listed until covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from gateway.channels.base import Endpoint, Notice
+from gateway.endpoints import EndpointBook
+from gateway.ledger import LedgerDraft, Stage
+from gateway.store import Store
+from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
+from gateway.townships import Registry
+
+log = logging.getLogger("gateway.coverage")
+
+DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
+
+Clock = Callable[[], datetime]
+Dispatch = Callable[[Notice, Sequence[DeliveryRecord]], Awaitable[None]]
+
+
+def covered_by_delivery(endpoint: Endpoint, channel: str) -> dict[str, Any]:
+    return {"channel": channel, "endpoint": endpoint.id}
+
+
+def escalation_notice(notice: Notice, townships: Sequence[str], names: Registry) -> Notice:
+    """The message a command centre gets about townships not reached by `notice`."""
+    listed = "、".join(f"{names.name(t)}（{t}）" for t in townships)
+    content = (
+        f"以下乡镇（街道）未确认收到{notice.colour}预警「{notice.title}」：{listed}。"
+        "请立即组织鸣锣吹哨、敲门入户等方式传播，并在平台确认（POST /v1/receipts）。"
+        f"预警内容：{notice.content}"
+    )
+    return Notice(
+        id=notice.id,
+        msg_type=notice.msg_type,
+        level=notice.level,
+        hazard=notice.hazard,
+        title=f"【未覆盖】{notice.title}",
+        content=content,
+        issuer_unit=notice.issuer_unit,
+        sent_at=notice.sent_at,
+        expires_at=notice.expires_at,
+        contact_phone=notice.contact_phone,
+        document=notice.document,
+    )
+
+
+class CoverageTracker:
+    """Escalates blind spots at once and uncovered townships at their deadline.
+
+    An async context manager: entering schedules the deadline check of every active warning
+    (so deadlines survive restarts), exiting cancels the timers.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        book: EndpointBook,
+        registry: Registry,
+        deadlines_s: Mapping[int, float],
+        *,
+        clock: Clock,
+        dispatch: Dispatch,
+        channels: Collection[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.channels = channels
+        self.book = book
+        self.registry = registry
+        self.deadlines_s = deadlines_s
+        self.clock = clock
+        self.dispatch = dispatch
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> Self:
+        for w in await self.store.active_warnings(self.clock()):
+            self.watch(w)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        timers = list(self._timers.values())
+        for t in timers:
+            t.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+
+    def deadline(self, stored: StoredWarning) -> datetime:
+        level = int(stored.warning["level"])
+        seconds = self.deadlines_s.get(level, DEFAULT_DEADLINES_S[level])
+        return stored.received_at + timedelta(seconds=seconds)
+
+    def watch(self, stored: StoredWarning) -> None:
+        """Schedule the deadline check of an accepted warning."""
+        if stored.id in self._timers:
+            return
+        task = asyncio.create_task(self._at_deadline(stored), name=f"coverage {stored.id}")
+        self._timers[stored.id] = task
+        task.add_done_callback(lambda _: self._timers.pop(stored.id, None))
+
+    async def _at_deadline(self, stored: StoredWarning) -> None:
+        delay = (self.deadline(stored) - self.clock()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.clock() >= stored.expires_at:
+            return
+        try:
+            rows = await self.store.coverage_for(stored.id)
+            late = [r.township for r in rows if r.covered_at is None and r.escalated_at is None]
+            if late:
+                await self.escalate(stored, late, reason="deadline")
+        except Exception:
+            log.exception("coverage deadline check of %s failed", stored.id)
+
+    def _centres(self, township: str) -> list[Endpoint]:
+        """The township's centre contacts on channels this gateway runs."""
+        centres = self.book.centres_for(township)
+        if self.channels is None:
+            return centres
+        return [e for e in centres if e.channel in self.channels]
+
+    async def escalate(self, stored: StoredWarning, townships: Sequence[str], reason: str) -> None:
+        """Escalate `townships` of `stored` to their command centres, durably, and dispatch."""
+        notice = Notice.from_document(stored.warning)
+        by_centre: dict[str, list[str]] = {}
+        unreachable: list[str] = []
+        for t in townships:
+            centres = self._centres(t)
+            if not centres:
+                unreachable.append(t)
+            for e in centres:
+                by_centre.setdefault(e.id, []).append(t)
+        now = self.clock()
+        deliveries = [
+            DeliveryRecord(
+                id=f"{stored.id}/escalate-{reason}/{eid}",
+                warning_id=stored.id,
+                endpoint_id=eid,
+                channel=self.book.by_id[eid].channel,
+                level=notice.level,
+                purpose="escalation:" + ",".join(ts),
+            )
+            for eid, ts in by_centre.items()
+        ]
+        entries = [
+            LedgerDraft(
+                stored.id,
+                Stage.ESCALATED,
+                now,
+                {
+                    "township": t,
+                    "reason": reason,
+                    "to": [e.id for e in self._centres(t)],
+                },
+            )
+            for t in townships
+        ]
+        await self.store.escalate(stored.id, townships, now, deliveries, entries)
+        if unreachable:
+            log.error(
+                "warning %s: no command centre configured for %s", stored.id, ", ".join(unreachable)
+            )
+        await self.dispatch(notice, deliveries)
+
+
+def coverage_report(
+    stored: StoredWarning, rows: Sequence[CoverageRow], registry: Registry, deadline: datetime
+) -> dict[str, Any]:
+    """The GET /v1/warnings/{id}/coverage answer."""
+    townships = []
+    covered = blind = escalated = 0
+    for r in rows:
+        covered += r.covered_at is not None
+        blind += r.blind_spot
+        escalated += r.escalated_at is not None
+        item: dict[str, Any] = {
+            "township": r.township,
+            "name": registry.name(r.township),
+            "district": r.township[:6],
+            "status": "covered" if r.covered_at else "pending",
+            "blind_spot": r.blind_spot,
+        }
+        if r.covered_at:
+            item |= {"covered_at": r.covered_at, "covered_by": r.covered_by}
+        if r.escalated_at:
+            item["escalated_at"] = r.escalated_at
+        townships.append(item)
+    total = len(rows)
+    return {
+        "warning_id": stored.id,
+        "deadline_at": deadline.isoformat(),
+        "counts": {
+            "townships": total,
+            "covered": covered,
+            "pending": total - covered,
+            "blind_spots": blind,
+            "escalated": escalated,
+        },
+        "covered_share": round(covered / total, 4) if total else 1.0,
+        "townships": townships,
+    }
