@@ -134,7 +134,8 @@ async def get_warning(request: web.Request) -> web.Response:
             "authorization": stored.authorization,
             "deliveries": sum(1 for d in deliveries if not d.purpose),
             "channels": channel_counts([d for d in deliveries if not d.purpose]),
-            "escalations": channel_counts([d for d in deliveries if d.purpose]),
+            "escalations": channel_counts([d for d in deliveries if d.escalation_of]),
+            "clears": channel_counts([d for d in deliveries if d.purpose == "clear"]),
             "blind_spots": stored.answer.get("blind_spots", []),
             "warning": w,
         }
@@ -146,7 +147,8 @@ def channel_counts(deliveries: list[DeliveryRecord]) -> dict[str, dict[str, int]
     out: dict[str, dict[str, int]] = {}
     for d in deliveries:
         counts = out.setdefault(
-            d.channel, {"planned": 0, "pending": 0, "sent": 0, "delivered": 0, "failed": 0}
+            d.channel,
+            {"planned": 0, "pending": 0, "sent": 0, "delivered": 0, "failed": 0, "stopped": 0},
         )
         counts["planned"] += 1
         counts[d.state] = counts.get(d.state, 0) + 1

@@ -32,6 +32,7 @@ from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
 from gateway.ingest import Clock, Ingest, utc_now
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.policies.authority import AuthorityPolicy
 from gateway.receipts import ReceiptDesk
@@ -99,6 +100,7 @@ def build_app(
                 channels=list(runtimes),
             )
             app[TRACKER] = tracker
+            lifecycle = Lifecycle(store, dispatcher, clock=clock)
             app[INGEST] = Ingest(
                 store,
                 registry,
@@ -108,10 +110,12 @@ def build_app(
                 channels=list(runtimes),
                 dispatch=dispatcher.dispatch,
                 tracker=tracker,
+                lifecycle=lifecycle,
                 clock=clock,
             )
             await stack.enter_async_context(dispatcher)
             await stack.enter_async_context(tracker)
+            await stack.enter_async_context(lifecycle)
             yield
 
     app.cleanup_ctx.append(lifecycle)

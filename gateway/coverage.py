@@ -87,8 +87,10 @@ class CoverageTracker:
         self._timers: dict[str, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> Self:
-        for w in await self.store.active_warnings(self.clock()):
-            self.watch(w)
+        now = self.clock()
+        for w in await self.store.active_warnings():
+            if w.expires_at > now:
+                self.watch(w)
         return self
 
     async def __aexit__(

@@ -41,6 +41,8 @@ from gateway.townships import Registry
 log = logging.getLogger("gateway.dispatcher")
 
 Clock = Callable[[], datetime]
+CLEAR = "clear"
+CLEAR_GRACE_S = 3600.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -78,6 +80,7 @@ class Dispatcher:
         self.registry = registry
         self.disabled: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_warning: dict[str, set[asyncio.Task[None]]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -137,11 +140,23 @@ class Dispatcher:
         for rec in records:
             task = asyncio.create_task(self._run(notice, rec), name=f"delivery {rec.id}")
             self._tasks.add(task)
+            if rec.purpose != CLEAR:
+                self._by_warning.setdefault(rec.warning_id, set()).add(task)
             self._idle.clear()
             task.add_done_callback(self._done)
 
+    async def stop(self, warning_id: str) -> None:
+        """Cancel the running deliveries of a warning (superseded, cancelled, expired); the
+        store has already marked them stopped."""
+        tasks = self._by_warning.pop(warning_id, set())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        for tasks in self._by_warning.values():
+            tasks.discard(task)
         if not self._tasks:
             self._idle.set()
         if not task.cancelled() and task.exception() is not None:
@@ -165,10 +180,12 @@ class Dispatcher:
             await self._final(notice, rec, rec.attempts, f"{what} no longer configured")
             return
         deadline = (notice.expires_at - self.clock()).total_seconds()
+        if rec.purpose == CLEAR:  # clearing must also work once the warning has expired
+            deadline = max(deadline, 0) + CLEAR_GRACE_S
         if deadline <= 0:
             await self._final(notice, rec, rec.attempts, "the warning expired before delivery")
             return
-        if rec.escalation_of and self.registry is not None:
+        if rec.purpose != CLEAR and rec.escalation_of and self.registry is not None:
             notice = escalation_notice(notice, rec.escalation_of, self.registry)
         attempts = rec.attempts
         retrying = runtime.retry.retrying(done=attempts, deadline_s=deadline, sleep=self.sleep)
@@ -189,7 +206,7 @@ class Dispatcher:
         detail = dict(outcome.detail)
         now = self.clock()
         covers = []
-        if outcome.delivered and endpoint.covers_townships and not rec.escalation_of:
+        if outcome.delivered and endpoint.covers_townships and not rec.purpose:
             by = {"channel": rec.channel, "endpoint": endpoint.id}
             covers = [Cover(rec.warning_id, t, now, by) for t in endpoint.townships]
         await self.store.record(
@@ -223,7 +240,10 @@ class Dispatcher:
             if runtime.rate is not None:
                 await runtime.rate.acquire()
             try:
-                outcome = await runtime.channel.send(Message(rec.id, notice, endpoint, n))
+                if rec.purpose == CLEAR:
+                    outcome = await _clear(runtime.channel, endpoint, rec.warning_id)
+                else:
+                    outcome = await runtime.channel.send(Message(rec.id, notice, endpoint, n))
             except DeliveryError as exc:
                 error: DeliveryError = exc
             except Exception as exc:  # an adapter bug must not lose the delivery
@@ -270,6 +290,15 @@ class Dispatcher:
             [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
             [LedgerDraft(notice.id, Stage.FAILED, self.clock(), data)],
         )
+
+
+async def _clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outcome:
+    """Remove what `channel` keeps for the warning at `endpoint` (an MQTT retained message)."""
+    clear = getattr(channel, "clear", None)
+    if clear is None or len(endpoint.townships) != 1:
+        raise PermanentDeliveryError(f"{channel.name} keeps nothing to clear")
+    await clear(endpoint.townships[0], endpoint.target, warning_id)
+    return Outcome(delivered=True, detail={"cleared": True})
 
 
 def _entry(

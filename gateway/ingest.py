@@ -22,16 +22,16 @@ from gateway.exceptions import (
     FieldError,
     InvalidWarning,
     NotFound,
-    NotImplementedYet,
     Refused,
 )
 from gateway.ledger import LedgerDraft, Stage, canonical_json
+from gateway.lifecycle import Lifecycle, clear_deliveries
 from gateway.metrics import Metrics
 from gateway.model import MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy
-from gateway.policies.routing import delivery_id, plan
+from gateway.policies.routing import Plan, delivery_id, plan
 from gateway.store import Store, StoredWarning
-from gateway.store.base import CoverageRow, DeliveryRecord
+from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
 from gateway.townships import Registry
 
 Clock = Callable[[], datetime]
@@ -61,6 +61,7 @@ class Ingest:
         channels: Collection[str],
         dispatch: Dispatch | None = None,
         tracker: CoverageTracker | None = None,
+        lifecycle: Lifecycle | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
@@ -71,6 +72,7 @@ class Ingest:
         self.channels = channels
         self.dispatch = dispatch
         self.tracker = tracker
+        self.lifecycle = lifecycle
         self.clock = clock
 
     async def submit(self, raw: bytes, client: Client) -> tuple[int, dict[str, Any]]:
@@ -84,7 +86,7 @@ class Ingest:
             if prior is not None:
                 return self._replay(prior, digest)
         warning = parse_warning(raw, registry=self.registry, now=received_at)
-        await self._check_reference(warning)
+        replaced = await self._replaced(warning, received_at)
         received = LedgerDraft(
             warning.id, Stage.RECEIVED, received_at, {"client": client.name, "body_hash": digest}
         )
@@ -95,7 +97,7 @@ class Ingest:
             rejected = LedgerDraft(warning.id, Stage.REJECTED, self.clock(), refusal.body())
             await self.store.append([received, rejected])
             raise
-        routed = plan(warning, self.book, self.registry, self.channels)
+        routed = await self._route(warning, replaced)
         deliveries = [
             DeliveryRecord(
                 id=delivery_id(warning.id, e.id),
@@ -106,9 +108,12 @@ class Ingest:
             )
             for e in routed.endpoints
         ]
+        cancel = warning.msg_type is MsgType.CANCEL
+        # A cancel is over once sent: it is the record of the warning it ended.
+        state = "cancelled" if cancel else "active"
         answer = {
             "id": warning.id,
-            "status": "active",
+            "status": state,
             "deliveries": len(deliveries),
             "blind_spots": list(routed.blind_spots),
         }
@@ -117,43 +122,75 @@ class Ingest:
             body_hash=digest,
             warning=as_json_dict(warning),
             answer=answer,
-            state="active",
+            state=state,
             received_at=received_at,
             expires_at=warning.expires_at,
             authorization=authorization.ledger_data(),
         )
-        authorized = LedgerDraft(
-            warning.id, Stage.AUTHORIZED, self.clock(), authorization.ledger_data()
-        )
-        per_channel: dict[str, int] = {}
-        for d in deliveries:
-            per_channel[d.channel] = per_channel.get(d.channel, 0) + 1
-        planned = LedgerDraft(
-            warning.id,
-            Stage.PLANNED,
-            self.clock(),
-            {
-                "deliveries": len(deliveries),
-                "channels": per_channel,
-                "townships": len(routed.townships),
-                "blind_spots": list(routed.blind_spots),
-            },
-        )
+        entries = [
+            received,
+            LedgerDraft(warning.id, Stage.AUTHORIZED, self.clock(), authorization.ledger_data()),
+            _planned(warning.id, self.clock(), deliveries, routed),
+        ]
+        clears: list[DeliveryRecord] = []
+        retire: tuple[str, str] | None = None
+        if replaced is not None:
+            clears = clear_deliveries(replaced.id, await self.store.deliveries_for(replaced.id))
+            old_state, stage = (
+                ("cancelled", Stage.CANCELLED) if cancel else ("superseded", Stage.SUPERSEDED)
+            )
+            entries.append(LedgerDraft(replaced.id, stage, self.clock(), {"by": warning.id}))
+            retire = (replaced.id, old_state)
         blind = set(routed.blind_spots)
-        coverage = [CoverageRow(warning.id, t, t in blind) for t in routed.townships]
+        coverage = (
+            [] if cancel else [CoverageRow(warning.id, t, t in blind) for t in routed.townships]
+        )
         result, created = await self.store.accept(
-            stored, [received, authorized, planned], deliveries, coverage
+            stored, entries, [*deliveries, *clears], coverage, retire
         )
         if not created:  # the same id arrived concurrently and was stored first
             return self._replay(result, digest)
         self.metrics.warnings.labels("accepted").inc()
+        await self._follow_up(stored, deliveries, replaced, clears, routed.blind_spots)
+        return 202, answer
+
+    async def _follow_up(
+        self,
+        stored: StoredWarning,
+        deliveries: Sequence[DeliveryRecord],
+        replaced: StoredWarning | None,
+        clears: Sequence[DeliveryRecord],
+        blind_spots: Sequence[str],
+    ) -> None:
+        """After the commit: dispatch, retire the replaced warning, watch coverage and expiry."""
         if self.dispatch is not None:
             await self.dispatch(Notice.from_document(stored.warning), deliveries)
+        if replaced is not None and self.lifecycle is not None:
+            await self.lifecycle.after_retire(replaced, clears)
+        if stored.state != "active":
+            return
+        if self.lifecycle is not None:
+            self.lifecycle.watch(stored)
         if self.tracker is not None:
             self.tracker.watch(stored)
-            if routed.blind_spots:  # art. 20: no means reaches them; escalate at once
-                await self.tracker.escalate(stored, routed.blind_spots, reason="blind_spot")
-        return 202, answer
+            if blind_spots:  # art. 20: no means reaches them; escalate at once
+                await self.tracker.escalate(stored, blind_spots, reason="blind_spot")
+
+    async def _route(self, warning: Warning, replaced: StoredWarning | None) -> Plan:
+        """The plan of an alert or update; a cancel goes to the partners of its area and to the
+        SMS/email recipients who got the warning it ends (art. 18: 宣布终止预警)."""
+        routed = plan(warning, self.book, self.registry, self.channels)
+        if warning.msg_type is not MsgType.CANCEL or replaced is None:
+            return routed
+        reached = {
+            d.endpoint_id
+            for d in await self.store.deliveries_for(replaced.id)
+            if d.purpose is None
+            and d.channel in ("sms", "email")
+            and d.state in (DeliveryState.DELIVERED, DeliveryState.SENT)
+        }
+        endpoints = tuple(e for e in routed.endpoints if e.channel == "webhook" or e.id in reached)
+        return Plan(routed.townships, endpoints, ())
 
     def _replay(self, prior: StoredWarning, digest: str) -> tuple[int, dict[str, Any]]:
         if prior.body_hash != digest:
@@ -166,16 +203,37 @@ class Ingest:
         self.metrics.warnings.labels("duplicate").inc()
         return 200, prior.answer
 
-    async def _check_reference(self, warning: Warning) -> None:
+    async def _replaced(self, warning: Warning, now: datetime) -> StoredWarning | None:
+        """The active warning an update or cancel replaces; 404 unknown, 409 no longer active."""
         if warning.msg_type is MsgType.ALERT or warning.references is None:
-            return
-        if await self.store.get_warning(warning.references) is None:
+            return None
+        old = await self.store.get_warning(warning.references)
+        if old is None:
             raise NotFound(
                 f"references names unknown warning {warning.references}", code="unknown_reference"
             )
-        raise NotImplementedYet(
-            f"msg_type {warning.msg_type} (art. 18) is not supported by this gateway version yet"
-        )
+        state = "expired" if old.state == "active" and old.expires_at <= now else old.state
+        if state != "active":
+            raise Conflict(
+                f"warning {old.id} is {state}; only an active warning can be updated or cancelled",
+                code="reference_not_active",
+            )
+        return old
+
+
+def _planned(
+    warning_id: str, at: datetime, deliveries: Sequence[DeliveryRecord], routed: Plan
+) -> LedgerDraft:
+    per_channel: dict[str, int] = {}
+    for d in deliveries:
+        per_channel[d.channel] = per_channel.get(d.channel, 0) + 1
+    data = {
+        "deliveries": len(deliveries),
+        "channels": per_channel,
+        "townships": len(routed.townships),
+        "blind_spots": list(routed.blind_spots),
+    }
+    return LedgerDraft(warning_id, Stage.PLANNED, at, data)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

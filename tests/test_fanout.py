@@ -94,10 +94,31 @@ async def test_red_warning_reaches_every_channel(
     dead = await (await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed")).json()
     assert dead["deliveries"] == []
     assert state["channels"] == {
-        "mqtt": {"planned": 98, "pending": 0, "sent": 0, "delivered": 98, "failed": 0},
-        "sms": {"planned": 49, "pending": 0, "sent": 0, "delivered": 49, "failed": 0},
-        "email": {"planned": 49, "pending": 0, "sent": 0, "delivered": 49, "failed": 0},
-        "webhook": {"planned": 2, "pending": 0, "sent": 0, "delivered": 2, "failed": 0},
+        "mqtt": {
+            "planned": 98,
+            "pending": 0,
+            "sent": 0,
+            "delivered": 98,
+            "failed": 0,
+            "stopped": 0,
+        },
+        "sms": {"planned": 49, "pending": 0, "sent": 0, "delivered": 49, "failed": 0, "stopped": 0},
+        "email": {
+            "planned": 49,
+            "pending": 0,
+            "sent": 0,
+            "delivered": 49,
+            "failed": 0,
+            "stopped": 0,
+        },
+        "webhook": {
+            "planned": 2,
+            "pending": 0,
+            "sent": 0,
+            "delivered": 2,
+            "failed": 0,
+            "stopped": 0,
+        },
     }
     # Boards that connect now see the warning, retained, with its expiry.
     boards = await retained(mosquitto.url, "cq/warnings/500101/#", expect=98)
@@ -251,6 +272,7 @@ async def test_exhausted_retries_are_dead_letters(
         "sent": 0,
         "delivered": 1,
         "failed": 1,
+        "stopped": 0,
     }
     assert len(down.requests()) == 6  # the policy's attempts
     failed = [e for e in await ledger(api, body["id"]) if e["stage"] == "failed"]

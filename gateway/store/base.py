@@ -28,14 +28,16 @@ class StoredWarning:
 
 class DeliveryState:
     """States of a delivery. `pending` is unfinished (resumed after a restart); `sent` waits for
-    a receipt; `delivered` and `failed` are final."""
+    a receipt; `delivered`, `failed` and `stopped` (its warning was superseded, cancelled or
+    expired first) are final."""
 
     PENDING = "pending"
     SENT = "sent"
     DELIVERED = "delivered"
     FAILED = "failed"
+    STOPPED = "stopped"
     UNFINISHED = (PENDING,)
-    FINAL = (DELIVERED, FAILED)
+    FINAL = (DELIVERED, FAILED, STOPPED)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Store(Protocol):
     Concurrent calls for one id store it once. `record` applies delivery updates, their
     ledger entries and the townships they covered in one transaction (a township's first cover
     is kept). `escalate` marks townships escalated and stores the escalation deliveries.
+    `retire` moves an active warning to `state` (superseded, cancelled, expired), stops its
+    pending deliveries and stores follow-up deliveries (clearing retained messages); `accept`
+    can retire the warning a new one replaces in the same transaction.
     """
 
     async def __aenter__(self) -> Self: ...
@@ -125,7 +130,16 @@ class Store(Protocol):
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
         coverage: Sequence[CoverageRow] = (),
+        retire: tuple[str, str] | None = None,
     ) -> tuple[StoredWarning, bool]: ...
+
+    async def retire(
+        self,
+        warning_id: str,
+        state: str,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+    ) -> None: ...
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None: ...
 
@@ -147,7 +161,9 @@ class Store(Protocol):
 
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]: ...
 
-    async def active_warnings(self, now: datetime) -> list[StoredWarning]: ...
+    async def active_warnings(self) -> list[StoredWarning]:
+        """Warnings in state `active`, including any whose expiry was not yet processed."""
+        ...
 
     async def unfinished(self) -> list[DeliveryRecord]: ...
 

@@ -87,6 +87,7 @@ class _Write:
     coverage: Sequence[CoverageRow] = ()
     covers: Sequence[Cover] = ()
     escalated: tuple[str, Sequence[str], str] | None = None
+    retire: tuple[str, str] | None = None
     done: asyncio.Future[tuple[StoredWarning, bool] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -103,6 +104,8 @@ class _Rows:
     coverage: list[tuple[object, ...]] = field(default_factory=list)
     covers: list[tuple[object, ...]] = field(default_factory=list)
     escalated: list[tuple[object, ...]] = field(default_factory=list)
+    retired: list[tuple[object, ...]] = field(default_factory=list)
+    stopped: list[tuple[object, ...]] = field(default_factory=list)
     ledger: list[tuple[object, ...]] = field(default_factory=list)
 
     def add(self, w: _Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
@@ -124,6 +127,9 @@ class _Rows:
         if w.escalated is not None:
             wid, townships, at = w.escalated
             self.escalated.extend((at, wid, t) for t in townships)
+        if w.retire is not None:
+            self.retired.append((w.retire[1], w.retire[0]))
+            self.stopped.append((w.retire[0],))
         for u in w.updates:
             if u.receipt is None:
                 detail = json.dumps(u.detail, ensure_ascii=False)
@@ -157,6 +163,12 @@ class _Rows:
                 self.updates,
             ),
             (f"UPDATE deliveries SET state = ?, receipt = ? {unfinished}", self.receipts),
+            ("UPDATE warnings SET state = ? WHERE id = ? AND state = 'active'", self.retired),
+            (
+                "UPDATE deliveries SET state = 'stopped' WHERE warning_id = ? "
+                "AND state = 'pending' AND coalesce(purpose, '') != 'clear'",
+                self.stopped,
+            ),
             ("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", self.ledger),
         ]
         return [(sql, params) for sql, params in out if params]
@@ -274,8 +286,10 @@ class SqliteStore:
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
         coverage: Sequence[CoverageRow] = (),
+        retire: tuple[str, str] | None = None,
     ) -> tuple[StoredWarning, bool]:
-        result = await self._submit(_Write(entries, warning, deliveries, coverage=coverage))
+        write = _Write(entries, warning, deliveries, coverage=coverage, retire=retire)
+        result = await self._submit(write)
         assert result is not None
         return result
 
@@ -409,6 +423,15 @@ class SqliteStore:
         async with self._r.execute(f"SELECT * FROM deliveries WHERE {where}", args) as cur:
             return [_to_delivery(row) for row in await cur.fetchall()]
 
+    async def retire(
+        self,
+        warning_id: str,
+        state: str,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+    ) -> None:
+        await self._submit(_Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
         assert self._r is not None
         sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
@@ -419,13 +442,11 @@ class SqliteStore:
             for r in rows
         ]
 
-    async def active_warnings(self, now: datetime) -> list[StoredWarning]:
+    async def active_warnings(self) -> list[StoredWarning]:
         assert self._r is not None
-        # expires_at is stored with its offset; compare as instants in Python.
         sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
         async with self._r.execute(sql) as cur:
-            rows = [_to_warning(r) for r in await cur.fetchall()]
-        return [w for w in rows if w.expires_at > now]
+            return [_to_warning(r) for r in await cur.fetchall()]
 
     async def ping(self) -> None:
         assert self._r is not None

@@ -1,0 +1,111 @@
+"""A warning's life after acceptance (art. 18): superseded by an update, ended by a cancel
+(终止预警), or expired.
+
+When a warning ends, its pending deliveries stop (state `stopped`), the ledger records why
+(`superseded`, `cancelled`, `expired`), and the retained MQTT messages of its boards and
+loudspeakers are cleared by `clear` deliveries, durable and retried like any other. Expiry
+timers are rebuilt from the store on start, so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from gateway.channels.base import Notice
+from gateway.dispatcher import CLEAR, Dispatcher
+from gateway.ledger import LedgerDraft, Stage
+from gateway.store import Store
+from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
+
+log = logging.getLogger("gateway.lifecycle")
+
+Clock = Callable[[], datetime]
+
+
+def clear_deliveries(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
+    """One `clear` delivery per MQTT endpoint the warning was (or may have been) published to."""
+    return [
+        DeliveryRecord(
+            id=f"{warning_id}/clear/{d.endpoint_id}",
+            warning_id=warning_id,
+            endpoint_id=d.endpoint_id,
+            channel=d.channel,
+            level=d.level,
+            purpose=CLEAR,
+        )
+        for d in deliveries
+        if d.channel == "mqtt" and d.purpose is None and d.state != DeliveryState.FAILED
+    ]
+
+
+class Lifecycle:
+    """Expiry timers and the follow-up of superseded or cancelled warnings."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, *, clock: Clock) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> Self:
+        for w in await self.store.active_warnings():
+            self.watch(w)  # a warning that expired while the gateway was down ends at once
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        timers = list(self._timers.values())
+        for t in timers:
+            t.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+
+    def watch(self, stored: StoredWarning) -> None:
+        """Expire `stored` at its expires_at."""
+        if stored.id in self._timers or stored.state != "active":
+            return
+        task = asyncio.create_task(self._at_expiry(stored), name=f"expiry {stored.id}")
+        self._timers[stored.id] = task
+        task.add_done_callback(lambda _: self._timers.pop(stored.id, None))
+
+    def unwatch(self, warning_id: str) -> None:
+        timer = self._timers.pop(warning_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _at_expiry(self, stored: StoredWarning) -> None:
+        delay = (stored.expires_at - self.clock()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            data: dict[str, object] = {"expires_at": stored.expires_at.isoformat()}
+            await self.end(stored, "expired", Stage.EXPIRED, data)
+        except Exception:
+            log.exception("expiry of %s failed", stored.id)
+
+    async def end(
+        self, stored: StoredWarning, state: str, stage: Stage, data: dict[str, object]
+    ) -> None:
+        """Retire `stored` (stop its deliveries, clear its retained messages)."""
+        self.unwatch(stored.id)
+        current = await self.store.get_warning(stored.id)
+        if current is None or current.state != "active":
+            return
+        clears = clear_deliveries(stored.id, await self.store.deliveries_for(stored.id))
+        entry = LedgerDraft(stored.id, stage, self.clock(), data)
+        await self.store.retire(stored.id, state, [entry], clears)
+        await self.after_retire(stored, clears)
+
+    async def after_retire(self, stored: StoredWarning, clears: Sequence[DeliveryRecord]) -> None:
+        """Once the store says `stored` is over: stop its tasks, send the clears."""
+        self.unwatch(stored.id)
+        await self.dispatcher.stop(stored.id)
+        await self.dispatcher.dispatch(Notice.from_document(stored.warning), clears)
