@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.cap import DEFAULT_CAP_SENDER, cap_to_document, document_to_cap
 from gateway.clients import Authenticator
 from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
@@ -25,6 +26,7 @@ from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, Unsuppor
 from gateway.ingest import Ingest, utc_now
 from gateway.metrics import Metrics
 from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
+from gateway.release_list import ReleaseList
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord
 from gateway.townships import Registry
@@ -41,6 +43,7 @@ BOOK = web.AppKey("book", EndpointBook)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 RECEIPTS = web.AppKey("receipts", ReceiptDesk)
 TRACKER = web.AppKey("tracker", CoverageTracker)
+RELEASE_LIST = web.AppKey("release_list", ReleaseList)
 MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
@@ -96,13 +99,13 @@ async def post_warning(request: web.Request) -> web.Response:
     try:
         client = app[AUTH].authenticate(request.headers.get("Authorization"))
         ctype = request.content_type
-        if ctype == CAP_TYPE:
+        if ctype not in (*JSON_TYPES, CAP_TYPE) and request.headers.get("Content-Type"):
             raise UnsupportedMedia(
-                "CAP 1.2 ingest is not supported by this gateway version yet; send JSON"
+                f"Content-Type {ctype} is not accepted; send application/json or {CAP_TYPE}"
             )
-        if ctype not in JSON_TYPES and request.headers.get("Content-Type"):
-            raise UnsupportedMedia(f"Content-Type {ctype} is not accepted; send application/json")
         raw = await read_body(request, app[MAX_BODY])
+        if ctype == CAP_TYPE:
+            raw = cap_as_json(raw, app[MAX_BODY], app[RELEASE_LIST])
         status, answer = await app[INGEST].submit(raw, client)
     except RequestError as exc:
         metrics.warnings.labels(exc.code if exc.status != 403 else "refused").inc()
@@ -112,11 +115,30 @@ async def post_warning(request: web.Request) -> web.Response:
     return json_response(answer, status)
 
 
+def cap_as_json(raw: bytes, limit: int, release_list: ReleaseList) -> bytes:
+    """A CAP 1.2 body as the JSON warning it stands for; the category follows from annex 1."""
+    doc = cap_to_document(raw, max_bytes=limit)
+    if "category" not in doc and isinstance(doc.get("hazard"), str):
+        category = release_list.category_of(doc["hazard"])
+        if category is not None:
+            doc["category"] = category.value
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def wants_cap(request: web.Request) -> bool:
+    return CAP_TYPE in request.headers.get("Accept", "")
+
+
 async def get_warning(request: web.Request) -> web.Response:
     wid = request.match_info["id"]
     stored = await request.app[STORE].get_warning(wid)
     if stored is None:
         raise NotFound(f"no warning {wid}")
+    if wants_cap(request):
+        xml = document_to_cap(
+            stored.warning, sender=DEFAULT_CAP_SENDER, registry=request.app[REGISTRY]
+        )
+        return web.Response(body=xml, content_type=CAP_TYPE, charset="utf-8")
     deliveries = await request.app[STORE].deliveries_for(wid)
     status = stored.state
     if status == "active" and utc_now() >= stored.expires_at:
@@ -251,12 +273,15 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    from gateway.reports_api import add_report_routes
+
     app.router.add_post("/v1/warnings", post_warning)
     app.router.add_get("/v1/warnings/{id}", get_warning)
     app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)
     app.router.add_get("/v1/warnings/{id}/deliveries", get_deliveries)
     app.router.add_get("/v1/warnings/{id}/coverage", get_coverage)
     app.router.add_post("/v1/receipts", post_receipt)
+    add_report_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

@@ -18,6 +18,7 @@ from gateway.api import (
     METRICS,
     RECEIPTS,
     REGISTRY,
+    RELEASE_LIST,
     STORE,
     TRACKER,
     add_routes,
@@ -56,7 +57,8 @@ def build_app(
     `channels` replaces the configured channels (tests, drill); `book` the endpoint book.
     """
     registry = Registry.load(settings.townships_path)
-    authority = AuthorityPolicy(ReleaseList.load(settings.release_list_path), registry)
+    release_list = ReleaseList.load(settings.release_list_path)
+    authority = AuthorityPolicy(release_list, registry)
     if book is None:
         book = EndpointBook.load(settings.endpoints_path, registry, settings.env)
     app = web.Application(
@@ -66,6 +68,7 @@ def build_app(
     app[AUTH] = Authenticator(settings.clients)
     app[MAX_BODY] = settings.max_body_bytes
     app[REGISTRY] = registry
+    app[RELEASE_LIST] = release_list
     app[BOOK] = book
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -280,9 +280,13 @@ async def test_key_rotation_signs_with_every_secret(
         assert [s.split(",")[0] for s in signatures] == ["v1", "v1"]
 
 
-async def test_cap_format_is_not_available_yet(channel: WebhookChannel) -> None:
-    with pytest.raises(PermanentDeliveryError, match="CAP format not available yet"):
-        await channel.send(message(fmt="cap"))
+async def test_cap_format_posts_signed_schema_valid_cap(channel: WebhookChannel) -> None:
+    from gateway.cap import validate_cap
+
+    body, headers = channel.build_request(message(fmt="cap"), datetime.now(UTC))
+    assert headers["Content-Type"] == "application/cap+xml"
+    assert validate_cap(body) == []
+    assert headers["webhook-signature"].startswith("v1,")
 
 
 async def test_invalid_url_is_permanent(channel: WebhookChannel) -> None:

@@ -31,6 +31,7 @@ from typing import ClassVar, Self
 import aiohttp
 
 from gateway import __version__
+from gateway.cap import DEFAULT_CAP_SENDER, document_to_cap
 from gateway.channels.base import (
     Channel,
     EndpointGone,
@@ -108,14 +109,22 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+CAP_CONTENT_TYPE = "application/cap+xml"
+
+
 class WebhookChannel(Channel):
     """Signed JSON webhooks; one aiohttp session for the channel's lifetime (`async with`)."""
 
     name: ClassVar[str] = "webhook"
 
     def __init__(
-        self, *, default_timeout: float = DEFAULT_TIMEOUT, user_agent: str = USER_AGENT
+        self,
+        *,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        user_agent: str = USER_AGENT,
+        cap_sender: str = DEFAULT_CAP_SENDER,
     ) -> None:
+        self.cap_sender = cap_sender
         self.default_timeout = default_timeout
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
@@ -142,27 +151,30 @@ class WebhookChannel(Channel):
         Raises PermanentDeliveryError for a format this channel cannot produce or a bad secret.
         """
         endpoint = message.endpoint
-        if endpoint.format == "cap":
-            raise PermanentDeliveryError("CAP format not available yet")
-        if endpoint.format != "json":
+        if endpoint.format not in ("json", "cap"):
             raise PermanentDeliveryError(
                 f"webhook endpoint {endpoint.id!r}: unknown format {endpoint.format!r}"
             )
         keys = signing_keys(endpoint.secret, endpoint.id)
         notice = message.notice
-        payload = {
-            "type": f"warning.{notice.msg_type}",
-            "timestamp": now.astimezone(UTC).isoformat(),
-            "data": {
-                **notice.document,
-                "colour": notice.colour,
-                "delivery_id": message.delivery_id,
-            },
-        }
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if endpoint.format == "cap":
+            body = document_to_cap(notice.document, sender=self.cap_sender)
+            content_type = CAP_CONTENT_TYPE
+        else:
+            payload = {
+                "type": f"warning.{notice.msg_type}",
+                "timestamp": now.astimezone(UTC).isoformat(),
+                "data": {
+                    **notice.document,
+                    "colour": notice.colour,
+                    "delivery_id": message.delivery_id,
+                },
+            }
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            content_type = "application/json"
         timestamp = math.floor(now.timestamp())
         headers = {
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
             "User-Agent": self.user_agent,
             "Idempotency-Key": message.delivery_id,
             "webhook-id": message.delivery_id,
