@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -179,21 +179,33 @@ class Dispatcher:
             what = "endpoint" if endpoint is None else "channel"
             await self._final(notice, rec, rec.attempts, f"{what} no longer configured")
             return
-        deadline = (notice.expires_at - self.clock()).total_seconds()
-        if rec.purpose == CLEAR:  # clearing must also work once the warning has expired
-            deadline = max(deadline, 0) + CLEAR_GRACE_S
-        if deadline <= 0:
+        # Clearing must also work once the warning has expired.
+        grace = timedelta(seconds=CLEAR_GRACE_S if rec.purpose == CLEAR else 0)
+        if self.clock() >= notice.expires_at + grace:
             await self._final(notice, rec, rec.attempts, "the warning expired before delivery")
             return
         if rec.purpose != CLEAR and rec.escalation_of and self.registry is not None:
             notice = escalation_notice(notice, rec.escalation_of, self.registry)
-        attempts = rec.attempts
-        retrying = runtime.retry.retrying(done=attempts, deadline_s=deadline, sleep=self.sleep)
+        attempts = rec.attempts + 1
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    outcome, started = await self._attempt(runtime, notice, endpoint, rec, attempts)
+            try:
+                outcome, started = await self._attempt(runtime, notice, endpoint, rec, attempts)
+            except TransientDeliveryError as first:
+                # Retries only now: most deliveries succeed at once and need no retry state.
+                if attempts >= runtime.retry.attempts:
+                    raise
+                wait = runtime.retry.first_wait(first)
+                if self.clock() + timedelta(seconds=wait) >= notice.expires_at + grace:
+                    raise
+                await self.sleep(wait)
+                left = (notice.expires_at + grace - self.clock()).total_seconds()
+                retrying = runtime.retry.retrying(done=attempts, deadline_s=left, sleep=self.sleep)
+                async for attempt in retrying:
+                    with attempt:
+                        attempts += 1
+                        outcome, started = await self._attempt(
+                            runtime, notice, endpoint, rec, attempts
+                        )
         except DeliveryError as exc:
             if isinstance(exc, EndpointGone):
                 self.disabled[endpoint.id] = exc.reason

@@ -66,8 +66,10 @@ class ReceiptDesk:
             raise NotFound(f"no warning {c.warning_id}", code="unknown_warning")
         township = normalise(c.township) or c.township
         area = stored.warning.get("area", {})
-        townships = registry.expand([*area.get("districts", []), *area.get("townships", [])])
-        if township not in townships:
+        inside = township in area.get("townships", ()) or (
+            township in registry.townships and township[:6] in area.get("districts", ())
+        )
+        if not inside:
             raise InvalidWarning(
                 "the township is not in the warning's area",
                 code="invalid_receipt",
