@@ -42,6 +42,7 @@ log = logging.getLogger("gateway.dispatcher")
 
 Clock = Callable[[], datetime]
 CLEAR = "clear"
+CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
 CLEAR_GRACE_S = 3600.0
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -137,7 +138,10 @@ class Dispatcher:
         if resumed:
             data["resumed"] = True
         await self.store.append([LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
-        for rec in records:
+        # Tasks start in creation order: boards and loudspeakers first, they reach everyone
+        # in the area at once; the order among channels of one level is only a head start.
+        ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
+        for rec in ordered:
             task = asyncio.create_task(self._run(notice, rec), name=f"delivery {rec.id}")
             self._tasks.add(task)
             if rec.purpose != CLEAR:
