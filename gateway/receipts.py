@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -110,7 +110,7 @@ class ReceiptDesk:
             status = SmsStatus.from_json(rec.receipt) if rec.receipt else SmsStatus()
             status.apply(receipt)
             book = status.to_json()
-            if status.overall == "delivered":
+            if status.overall == "delivered" and _all_parts_reported(status, rec.detail):
                 state = DeliveryState.DELIVERED
             elif status.overall == "failed":
                 state = DeliveryState.FAILED
@@ -153,6 +153,21 @@ class ReceiptDesk:
             rec.detail,
             book or rec.receipt,
         )
+
+
+def _all_parts_reported(status: SmsStatus, detail: dict[str, Any]) -> bool:
+    """Whether the callbacks so far account for every part to every phone of the delivery.
+
+    A receipt without phone and part stands for the whole message; per-phone receipts without a
+    part count one per phone; otherwise segments x phones receipts are expected.
+    """
+    parts = status.to_json()["parts"]
+    if any(p["phone"] is None and p["part"] is None for p in parts):
+        return True
+    phones = int(detail.get("phones", 1) or 1)
+    segments = int(detail.get("segments", 1) or 1)
+    expected = phones if all(p["part"] is None for p in parts) else phones * segments
+    return len(parts) >= expected
 
 
 MEANS = ("鸣锣", "吹哨", "敲门入户", "广播车", "other")

@@ -327,30 +327,47 @@ async def test_board_ack_becomes_a_receipt(
     assert receipts[0]["data"]["source"] == "mqtt-ack"
 
 
+A, B = "13800103001", "13900103001"  # the two phones of 七星岗街道's SMS group
+
+
 @pytest.mark.parametrize(
     ("callbacks", "final"),
     [
         pytest.param(
-            [("delivered", 1, "10:00:01"), ("delivered", 2, "10:00:02")],
+            [("delivered", A, 1, "10:00:01"), ("delivered", B, 1, "10:00:02")],
             "delivered",
-            id="all-parts-delivered",
+            id="every-phone-delivered",
         ),
         pytest.param(
-            [("undelivered", 1, "10:00:01"), ("delivered", 2, "10:00:05")],
+            [("delivered", A, 1, "10:00:01")],
+            "sent",
+            id="one-phone-of-two-is-not-yet-delivered",
+        ),
+        pytest.param(
+            [("undelivered", A, 1, "10:00:01"), ("delivered", B, 1, "10:00:05")],
             "failed",
-            id="later-part-success-keeps-failure",
+            id="later-success-keeps-the-failure",
         ),
         pytest.param(
-            [("delivered", 1, "10:00:05"), ("failed", 1, "10:00:01")],
+            [
+                ("delivered", A, 1, "10:00:05"),
+                ("failed", A, 1, "10:00:01"),
+                ("delivered", B, 1, "10:00:02"),
+            ],
             "delivered",
             id="ordered-by-provider-time",
+        ),
+        pytest.param(
+            [("delivered", None, None, "10:00:05")],
+            "delivered",
+            id="whole-message-receipt",
         ),
     ],
 )
 async def test_sms_provider_callbacks_settle_deliveries(
     tmp_path: Path,
     make_client: MakeClient,
-    callbacks: list[tuple[str, int, str]],
+    callbacks: list[tuple[str, str | None, int | None, str]],
     final: str,
 ) -> None:
     from tests.sms_provider import SmsProviderProcess
@@ -361,25 +378,26 @@ async def test_sms_provider_callbacks_settle_deliveries(
             tmp_path, channels={"sms": f"{{provider: http, url: '{provider.url}'}}"}
         )
         api = await make_client(load_settings(config, env_for(tmp_path)))
-        body = warning_body(area={"townships": ["500103001"]}, channels=["sms"])
+        # Short enough for one segment, so one receipt per phone settles it.
+        body = warning_body(area={"townships": ["500103001"]}, channels=["sms"], content="暴雨")
         await post_warning(api, body)
         state = await settled(api, body["id"], allow_sent=True)
         assert state["channels"]["sms"]["sent"] == 1
         did = f"{body['id']}/500103001-sms"
-        phone = "13800103001"
-        for status, part, hms in callbacks:
-            doc = {
+        for status, phone, part, hms in callbacks:
+            doc: dict[str, object] = {
                 "message_id": did,
                 "status": status,
-                "phone": phone,
-                "part": part,
                 "at": f"2026-11-24T{hms}+08:00",
             }
+            if phone:
+                doc |= {"phone": phone, "part": part}
             resp = await api.post(
                 "/v1/receipts", json=doc, headers={"Authorization": f"Bearer {TOKENS['platform']}"}
             )
             assert resp.status == 202, await resp.text()
         deliveries = await (await api.get(f"/v1/warnings/{body['id']}/deliveries")).json()
+        assert deliveries["deliveries"][0]["detail"]["segments"] == 1
         assert deliveries["deliveries"][0]["state"] == final
         receipts = [e for e in await ledger(api, body["id"]) if e["stage"] == "receipt"]
         assert len(receipts) == len(callbacks)
