@@ -16,8 +16,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -33,6 +32,7 @@ from gateway.channels.base import (
     PermanentDeliveryError,
     Receipt,
     TransientDeliveryError,
+    parse_retry_after,
 )
 from gateway.exceptions import FieldError, InvalidWarning
 
@@ -145,22 +145,6 @@ class StubProvider(SmsProvider):
             raise self._failures.pop(0)
         self.sent.append((message_id, tuple(phones), tuple(parts)))
         return {"provider": "stub", "submission": len(self.sent)}
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class HttpProvider(SmsProvider):

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -39,6 +38,7 @@ from gateway.channels.base import (
     Outcome,
     PermanentDeliveryError,
     TransientDeliveryError,
+    parse_retry_after,
 )
 
 log = logging.getLogger("gateway.channels.webhook")
@@ -87,26 +87,6 @@ def sign(keys: list[bytes], webhook_id: str, timestamp: int, body: bytes) -> str
         "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
         for key in keys
     )
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delay-seconds or HTTP-date).
-
-    None when the header is absent or unreadable; a date in the past gives 0.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP-date is GMT by definition
-        when = when.replace(tzinfo=UTC)
-    seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 CAP_CONTENT_TYPE = "application/cap+xml"
