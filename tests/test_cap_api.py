@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from tests.webhook_receiver import MakeReceiver
 
 CAP = {"Content-Type": "application/cap+xml"}
 DATA = Path(__file__).parent / "data" / "cap"
+CST = timezone(timedelta(hours=8))
 
 
 async def post_cap(api: GatewayClient, xml: bytes) -> tuple[int, dict[str, object]]:
@@ -106,3 +109,22 @@ async def test_partner_configured_for_cap_gets_valid_signed_cap(
     (request,) = tv.requests()
     assert request["verified"] is True
     assert validate_cap(request["body"].encode()) == []
+
+
+async def test_national_profile_cap_with_two_info_blocks_is_accepted(api: GatewayClient) -> None:
+    """China's national system: en-US and zh-CN info blocks, 12-digit CPEAS geocodes."""
+    raw = (DATA / "cn_national_alert.xml").read_text(encoding="utf-8")
+    # Move the sample's times (sent 10:00, expiring 22:00 on 2026-11-24 +08:00) to now.
+    shift = datetime.now(CST) - datetime(2026, 11, 24, 10, 5, tzinfo=CST)
+
+    def moved(m: re.Match[str]) -> str:
+        return (datetime.fromisoformat(m.group(0)) + shift).isoformat(timespec="seconds")
+
+    xml = re.sub(r"2026-11-2\dT\d\d:\d\d:\d\d\+08:00", moved, raw).encode()
+    status, answer = await post_cap(api, xml)
+    assert status == 202, answer
+    stored = (await (await api.get(f"/v1/warnings/{answer['id']}")).json())["warning"]
+    assert stored["hazard"] == "暴雨"  # the zh-CN block, not the en-US "Rainstorm"
+    assert stored["category"] == "natural_disaster"  # from annex 1 row 10
+    assert stored["area"]["districts"] == ["500103"]
+    assert stored["area"]["townships"] == ["500101001"]
