@@ -80,18 +80,34 @@ def timestamp(at: datetime) -> str:
 
 
 def entry_hash(
-    prev_hash: str, seq: int, warning_id: str, stage: str, at: str, data: dict[str, Any]
+    prev_hash: str,
+    seq: int,
+    warning_id: str,
+    stage: str,
+    at: str,
+    data: dict[str, Any],
+    data_json: str | None = None,
 ) -> str:
-    body = canonical_json(
-        {"seq": seq, "warning_id": warning_id, "stage": stage, "at": at, "data": data}
+    """SHA-256 of `prev_hash` and the entry's canonical JSON. `data_json`, when given, must be
+    `canonical_json(data)`; it saves encoding the data twice on the hot path."""
+    if data_json is None:
+        data_json = canonical_json(data)
+    # canonical_json of {"seq", "warning_id", "stage", "at", "data"}, keys in sorted order.
+    body = (
+        f'{{"at":{canonical_json(at)},"data":{data_json},"seq":{seq},'
+        f'"stage":{canonical_json(stage)},"warning_id":{canonical_json(warning_id)}}}'
     )
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
-def chain(prev_hash: str, seq: int, draft: LedgerDraft) -> LedgerEntry:
+def chain(
+    prev_hash: str, seq: int, draft: LedgerDraft, data_json: str | None = None
+) -> LedgerEntry:
     """`draft` as the entry numbered `seq` following the entry whose hash is `prev_hash`."""
     at = timestamp(draft.at)
-    digest = entry_hash(prev_hash, seq, draft.warning_id, draft.stage.value, at, draft.data)
+    digest = entry_hash(
+        prev_hash, seq, draft.warning_id, draft.stage.value, at, draft.data, data_json
+    )
     return LedgerEntry(seq, draft.warning_id, draft.stage.value, at, draft.data, prev_hash, digest)
 
 

@@ -91,3 +91,21 @@ async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     with pytest.raises(RuntimeError, match="not open"):
         await store.append([LedgerDraft("w", Stage.RECEIVED, datetime.now(UTC))])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"a": "中文", "b": [1, 2.5, None, True]}, {"x": {"z": 1, "y": '"q\\n'}}],
+)
+def test_entry_hash_is_sha256_of_previous_hash_and_canonical_json(data: dict[str, object]) -> None:
+    import hashlib
+
+    from gateway.ledger import canonical_json, entry_hash
+
+    at = "2026-11-24T00:00:00.000000+00:00"
+    body = canonical_json(
+        {"seq": 7, "warning_id": "w/1", "stage": "attempt", "at": at, "data": data}
+    )
+    expected = hashlib.sha256(f"{GENESIS}\n{body}".encode()).hexdigest()
+    assert entry_hash(GENESIS, 7, "w/1", "attempt", at, data) == expected
+    assert entry_hash(GENESIS, 7, "w/1", "attempt", at, data, canonical_json(data)) == expected

@@ -20,7 +20,7 @@ from typing import Self
 
 import aiosqlite
 
-from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, chain, timestamp
+from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, canonical_json, chain, timestamp
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
 
 log = logging.getLogger("gateway.store")
@@ -362,9 +362,9 @@ class SqliteStore:
             d for w, r in zip(batch, results, strict=True) if r is None or r[1] for d in w.entries
         ):
             seq += 1
-            e = chain(prev, seq, draft)
+            data = canonical_json(draft.data)  # stored as hashed: one encoding per entry
+            e = chain(prev, seq, draft, data)
             prev = e.hash
-            data = json.dumps(e.data, ensure_ascii=False)
             rows.ledger.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
         await self._w.execute("BEGIN IMMEDIATE")
         try:
