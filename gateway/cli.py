@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 
 from gateway import __version__
+from gateway.api import BOOK
 from gateway.app import build_app
 from gateway.clients import token_env, warn_tokenless
 from gateway.config import load_settings
@@ -109,6 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, listen=args.listen)
     app = build_app(settings)
     warn_tokenless(settings.clients)
+    for endpoint_id in app[BOOK].without_secret():
+        log.warning(
+            "webhook endpoint %s has no secret (its secret_env is unset): its deliveries will fail",
+            endpoint_id,
+        )
     tune_gc()
     log.info("serving on %s:%d, config %s", settings.host, settings.port, settings.config_dir)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)

@@ -82,8 +82,6 @@ class Dispatcher:
         self.disabled: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_warning: dict[str, set[asyncio.Task[None]]] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     async def __aenter__(self) -> Self:
         await self.resume()
@@ -99,14 +97,6 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
-    async def wait_idle(self) -> None:
-        """Return when no delivery task is running (tests, drill, graceful stop)."""
-        await self._idle.wait()
 
     async def resume(self) -> None:
         """Start every delivery left `pending` by an earlier process."""
@@ -146,7 +136,6 @@ class Dispatcher:
             self._tasks.add(task)
             if rec.purpose != CLEAR:
                 self._by_warning.setdefault(rec.warning_id, set()).add(task)
-            self._idle.clear()
             task.add_done_callback(self._done)
 
     async def stop(self, warning_id: str) -> None:
@@ -161,8 +150,6 @@ class Dispatcher:
         self._tasks.discard(task)
         for tasks in self._by_warning.values():
             tasks.discard(task)
-        if not self._tasks:
-            self._idle.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task %s crashed", task.get_name(), exc_info=task.exception())
 

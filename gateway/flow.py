@@ -29,10 +29,6 @@ class PrioritySlots:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
-    @property
-    def waiting(self) -> int:
-        return sum(1 for *_, f in self._waiters if not f.done())
-
     async def acquire(self, priority: int) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1

@@ -17,6 +17,7 @@ from gateway.channels.base import (
     PermanentDeliveryError,
     Receipt,
     TransientDeliveryError,
+    parse_retry_after,
 )
 from gateway.channels.sms import (
     HttpProvider,
@@ -24,7 +25,6 @@ from gateway.channels.sms import (
     SmsStatus,
     StubProvider,
     parse_callback,
-    parse_retry_after,
     segments,
     sms_text,
     utf16_units,

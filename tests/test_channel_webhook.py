@@ -22,8 +22,9 @@ from gateway.channels.base import (
     Notice,
     PermanentDeliveryError,
     TransientDeliveryError,
+    parse_retry_after,
 )
-from gateway.channels.webhook import MAX_DETAIL_BYTES, USER_AGENT, WebhookChannel, parse_retry_after
+from gateway.channels.webhook import MAX_DETAIL_BYTES, USER_AGENT, WebhookChannel
 from gateway.sinks.webhook_receiver import WebhookSink, builtin_verifier, new_secret
 from tests.helpers import warning_body
 from tests.webhook_receiver import MakeReceiver, WebhookReceiver

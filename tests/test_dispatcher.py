@@ -10,7 +10,13 @@ from typing import ClassVar
 
 import pytest
 
-from gateway.channels.base import Channel, Message, Outcome, TransientDeliveryError
+from gateway.channels.base import (
+    Channel,
+    Message,
+    Outcome,
+    RecordingChannel,
+    TransientDeliveryError,
+)
 from gateway.config import load_settings
 from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
 from gateway.policies.retry import RetryPolicy
@@ -73,8 +79,8 @@ async def test_transient_failures_are_retried_with_the_same_key(
     tmp_path: Path, make_client: MakeClient
 ) -> None:
     config = fanout_config(tmp_path)
-    slow = SlowChannel(failures=2)
-    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": slow})
+    flaky = RecordingChannel(fail_with=[TransientDeliveryError("busy")] * 2)
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": flaky})
     body = warning_body(area={"townships": ["500103001"]})
     await post_warning(api, body)
     state = await settled(api, body["id"])
@@ -82,6 +88,7 @@ async def test_transient_failures_are_retried_with_the_same_key(
     attempts = [e["data"] for e in await ledger(api, body["id"]) if e["stage"] == "attempt"]
     assert [a["attempt"] for a in attempts] == [1, 2, 3]
     assert {a["delivery_id"] for a in attempts} == {f"{body['id']}/500103001-sms"}
+    assert [m.delivery_id for m in flaky.sent] == [f"{body['id']}/500103001-sms"]
 
 
 async def test_retries_stop_at_expiry(tmp_path: Path, make_client: MakeClient) -> None:

@@ -192,10 +192,6 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 ReceiptSink = Callable[[Receipt], Awaitable[None]]
 
 
-async def discard_receipt(receipt: Receipt) -> None:
-    """A ReceiptSink that drops receipts (for channels used on their own, in tests)."""
-
-
 class Channel(ABC):
     """Base of every adapter; see the module docstring for the contract."""
 
