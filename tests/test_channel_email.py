@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtplib.email import flatten_message
 
+from gateway.channels import email as email_module
 from gateway.channels.base import (
     Endpoint,
     Message,
@@ -19,7 +23,7 @@ from gateway.channels.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from gateway.channels.email import EmailChannel, message_id
+from gateway.channels.email import TEMPLATE_CACHE, EmailChannel, compose, message_id
 from gateway.sinks.smtp_sink import SmtpSink
 from tests.processes import free_port
 from tests.smtp_server import SmtpServer, SmtpServerFactory
@@ -346,6 +350,125 @@ async def test_starttls_then_auth(
 def test_bad_settings_are_refused(url: str, options: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="email channel"):
         channel(url, **options)
+
+
+# ---- rendered once per warning: the same bytes as composing each email whole ----------------
+
+FIXED_DATE = "Wed, 01 Jul 2026 14:30:00 +0800"
+LONG_TITLE = "重庆市气象台发布暴雨红色预警信号：" + "渝中区、江北区、南岸区、九龙坡区" * 3
+MANY = tuple(f"township-{i:03d}-duty-room@cq-gov.example.cn" for i in range(4))
+
+
+@pytest.fixture
+def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(email_module, "format_datetime", lambda _dt: FIXED_DATE)
+
+
+def composed_bytes(message: Message, recipients: tuple[str, ...], cte_type: str) -> bytes:
+    """What the adapter sent before rendering was cached: compose, then send_message's flatten."""
+    utf8 = not (SENDER + "".join(recipients)).isascii()
+    return flatten_message(compose(message, SENDER, recipients), utf8=utf8, cte_type=cte_type)
+
+
+@pytest.mark.usefixtures("fixed_date")
+@pytest.mark.parametrize("cte_type", ["8bit", "7bit"])
+@pytest.mark.parametrize(
+    "recipients",
+    [
+        pytest.param((CENTRE,), id="one"),
+        pytest.param((CENTRE, DEPUTY), id="two"),
+        pytest.param(MANY, id="folded"),
+        pytest.param(("d" * 52 + "@cq-gov.example.cn",), id="70-chars"),
+        pytest.param(("d" * 60 + "@cq-gov.example.cn",), id="78-chars"),
+        pytest.param(("Duty Room <duty@cq-gov.example.cn>",), id="display-name"),
+        pytest.param(("值班室 <duty@cq-gov.example.cn>",), id="utf8-display-name"),
+        pytest.param(("duty@渝中.中国",), id="utf8-domain"),
+        pytest.param(('"duty room"@cq-gov.example.cn',), id="quoted-local-part"),
+        pytest.param(("duty@[127.0.0.1]",), id="address-literal"),
+        pytest.param(("Duty: a@cq-gov.example.cn, b@cq-gov.example.cn;",), id="group"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("delivery_id", "title"),
+    [
+        pytest.param("d-1", TITLE, id="short-id"),
+        pytest.param("w-2026-0701-001/email-500103001", TITLE, id="gateway-id"),
+        pytest.param("w-2026-0701-001/" + "e" * 44, TITLE, id="gateway-id-60"),
+        pytest.param("w-2026-0701-001/" + "e" * 45, TITLE, id="gateway-id-61"),
+        pytest.param("0f9c2e4a-5b1d-4c7e-9a3f-2d8e6b1c0a47:email-500103001", TITLE, id="uuid-id"),
+        pytest.param("d-" + "x" * 90, TITLE, id="long-id"),
+        pytest.param("delivery id with spaces", TITLE, id="spaces-id"),
+        pytest.param("=?utf-8?q?d-1?=", TITLE, id="encoded-word-id"),
+        pytest.param("投递-1", LONG_TITLE, id="utf8-id-long-title"),
+        pytest.param("d-2", "Heavy rain red warning =?x?=", id="ascii-title"),
+    ],
+)
+def test_rendered_email_is_byte_identical_to_composed(
+    recipients: tuple[str, ...], cte_type: str, delivery_id: str, title: str
+) -> None:
+    email = channel("smtp://127.0.0.1")
+    message = make_message(delivery_id, recipients=recipients, title=title)
+    for _ in range(2):  # rendered, then from the cache
+        mail = email._render(message, recipients)
+        assert mail.flatten(cte_type) == composed_bytes(message, recipients, cte_type)
+
+
+@pytest.mark.usefixtures("fixed_date")
+def test_cached_rendering_follows_every_field_and_stays_bounded() -> None:
+    email = channel("smtp://127.0.0.1")
+    base = make_message("d-1")
+    changes: list[dict[str, Any]] = [
+        {},
+        {"title": "暴雨橙色预警"},
+        {"level": 2},
+        {"msg_type": "update"},
+        {"content": "雨势减弱。"},
+        {"measures": None},
+        {"contact_phone": "12121"},
+        {"area_description": None},
+        {"issuer_unit": "渝中区气象局"},
+        {"sent_at": base.notice.sent_at + timedelta(minutes=1)},
+        {"expires_at": base.notice.expires_at + timedelta(hours=1)},
+        {"id": "w-2026-0701-002"},
+    ]
+    for change in changes * 2:
+        message = dataclasses.replace(base, notice=dataclasses.replace(base.notice, **change))
+        rendered = email._render(message, (CENTRE,)).flatten("8bit")
+        assert rendered == composed_bytes(message, (CENTRE,), "8bit"), change
+    assert len(email._templates) == len(changes)
+
+    for i in range(TEMPLATE_CACHE + 10):
+        notice = dataclasses.replace(base.notice, id=f"w-{i}")
+        email._render(dataclasses.replace(base, notice=notice), (CENTRE,))
+    assert len(email._templates) == TEMPLATE_CACHE
+
+
+@pytest.mark.parametrize(
+    ("delivery_id", "recipients", "title", "notice_id"),
+    [
+        pytest.param("d-1", ("not an address",), TITLE, None, id="bad-address"),
+        pytest.param("d-1", ("a..b@cq-gov.example.cn",), TITLE, None, id="repeated-dots"),
+        pytest.param("d-1", ("值班@cq-gov.example.cn",), TITLE, None, id="utf8-local-part"),
+        pytest.param("d-1", ("a@b.cn\nBcc: x@y.cn",), TITLE, None, id="header-injection"),
+        pytest.param("d-1\nBcc: x@y.cn", (CENTRE,), TITLE, None, id="delivery-id-newline"),
+        pytest.param("d-1", (CENTRE,), "标题\n第二行", None, id="title-newline"),
+        pytest.param("d-1", ("not an address",), TITLE, "w\n1", id="bad-address-and-id"),
+    ],
+)
+def test_unusable_values_fail_as_composing_does(
+    delivery_id: str, recipients: tuple[str, ...], title: str, notice_id: str | None
+) -> None:
+    message = make_message(delivery_id, recipients=recipients, title=title)
+    if notice_id is not None:
+        message = dataclasses.replace(
+            message, notice=dataclasses.replace(message.notice, id=notice_id)
+        )
+    unusable = "bad recipient address|may not contain linefeed"
+    with pytest.raises(ValueError, match=unusable) as composing:
+        compose(message, SENDER, recipients)
+    with pytest.raises(ValueError, match=unusable) as rendering:
+        channel("smtp://127.0.0.1")._render(message, recipients)
+    assert str(rendering.value) == str(composing.value)
 
 
 def test_smtps_means_implicit_tls() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -24,7 +25,7 @@ from gateway.channels.base import (
     Receipt,
     TransientDeliveryError,
 )
-from gateway.channels.mqtt import MqttChannel
+from gateway.channels.mqtt import PAYLOAD_CACHE, MqttChannel, _publish_properties
 from gateway.sinks.mqtt_broker import EmbeddedBroker
 from tests.mqtt_broker import Mosquitto, mosquitto_fixture  # noqa: F401
 from tests.processes import free_port
@@ -329,3 +330,79 @@ async def test_mqtt_311_against_the_embedded_broker() -> None:
     assert got.retain
     assert json.loads(got.payload)["id"] == "w-drill"
     assert (receipt.warning_id, receipt.endpoint_id) == ("w-drill", "ep-500103001-display")
+
+
+# ---- payload and properties built once per warning ------------------------------------------
+
+
+def reference_payload(message: Message) -> bytes:
+    """The payload as built whole for every publish, before the warning's part was cached."""
+    notice = message.notice
+    doc = {
+        "id": notice.id,
+        "msg_type": notice.msg_type,
+        "level": notice.level,
+        "colour": notice.colour,
+        "hazard": notice.hazard,
+        "title": notice.title,
+        "content": notice.content,
+        "measures": notice.measures,
+        "contact_phone": notice.contact_phone,
+        "issuer_unit": notice.issuer_unit,
+        "sent_at": notice.sent_at.isoformat(),
+        "expires_at": notice.expires_at.isoformat(),
+        "delivery_id": message.delivery_id,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "delivery_id",
+    [
+        pytest.param("w-2026-0701-001/ep-500103001-display", id="gateway-id"),
+        pytest.param('d-"quoted"\\back\nline', id="escapes"),
+        pytest.param("投递-1\u2028", id="utf8"),
+    ],
+)
+def test_payload_is_byte_identical_to_building_it_whole(delivery_id: str) -> None:
+    channel = channel_for("mqtt://127.0.0.1:1")
+    base = make_message("w-1")
+    beijing = timezone(timedelta(hours=8))
+    changes: list[dict[str, Any]] = [
+        {},
+        {"title": "暴雨红色预警"},
+        {"level": 1},
+        {"msg_type": "update"},
+        {"hazard": "大风"},
+        {"content": "雨势减弱。"},
+        {"measures": None},
+        {"contact_phone": None},
+        {"issuer_unit": "渝中区气象局"},
+        # The same instants with another UTC offset: equal datetimes, other isoformat.
+        {"sent_at": base.notice.sent_at.astimezone(beijing)},
+        {"expires_at": base.notice.expires_at.astimezone(beijing)},
+        {"id": "w-2"},
+    ]
+    for change in changes * 2:
+        notice = dataclasses.replace(base.notice, **change)
+        message = dataclasses.replace(base, notice=notice, delivery_id=delivery_id)
+        assert channel._payload(message) == reference_payload(message), change
+    assert len(channel._payload_heads) == len(changes)
+
+    for i in range(PAYLOAD_CACHE + 10):
+        channel._payload(
+            dataclasses.replace(base, notice=dataclasses.replace(base.notice, id=f"w-{i}"))
+        )
+    assert len(channel._payload_heads) == PAYLOAD_CACHE
+
+
+def test_publish_properties_are_shared_per_expiry() -> None:
+    properties = _publish_properties(7200)
+    assert properties.json() == {  # type: ignore[no-untyped-call]
+        "MessageExpiryInterval": 7200,
+        "PayloadFormatIndicator": 1,
+        "ContentType": "application/json",
+    }
+    assert _publish_properties(7200) is properties
+    other = _publish_properties(7199).json()  # type: ignore[no-untyped-call]
+    assert other["MessageExpiryInterval"] == 7199

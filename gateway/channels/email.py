@@ -6,6 +6,11 @@ sends (reuse roughly doubles throughput); a connection that fails in any way is 
 one is opened by the next send. The `Message-ID` is derived from `delivery_id`, so every attempt
 of one delivery carries the same id and a mailbox can drop duplicates.
 
+Rendering: what depends only on the warning (subject, body, the warning's headers) is flattened
+once per warning and SMTP session kind and kept in a small LRU cache; a send only adds its own
+headers (To, Date, Message-ID, X-Delivery-Id) and hands the bytes to `sendmail`, producing the
+same bytes `compose` + aiosmtplib's `send_message` would.
+
 Errors: a 5xx reply, every recipient refused with 5xx, or a session the settings cannot make
 work (AUTH or STARTTLS not offered) is `PermanentDeliveryError`; 4xx replies, disconnections,
 refused connections and timeouts are `TransientDeliveryError`.
@@ -15,11 +20,17 @@ Some recipients refused while others accepted is a delivery, with the refused on
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import email.utils
+import functools
 import hashlib
+import io
 import logging
+import re
 import ssl
+from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import format_datetime
 from types import TracebackType
@@ -50,6 +61,32 @@ REPLY_CHARS = 200
 """Longest server reply text kept in an Outcome or error."""
 BEIJING = timezone(timedelta(hours=8), "北京时间")
 MSG_TYPE_NAMES = {"alert": "发布", "update": "更新", "cancel": "解除"}
+TEMPLATE_CACHE = 64
+"""Warnings whose rendered email a channel keeps (least recently used dropped first)."""
+
+_HEADERS = email.policy.default
+"""The policy of `EmailMessage()`: parses and checks header values as `compose` does."""
+_POLICIES = {
+    (utf8, cte_type): (email.policy.SMTPUTF8 if utf8 else email.policy.SMTP).clone(
+        cte_type=cte_type
+    )
+    for utf8 in (False, True)
+    for cte_type in ("8bit", "7bit")
+}
+"""What aiosmtplib's `send_message` flattens with: SMTPUTF8 for non-ASCII addresses, 7bit when
+the server has no 8BITMIME."""
+_SMTPUTF8_MISSING = (
+    "An address containing non-ASCII characters was provided, but "
+    "SMTPUTF8 is not supported by this server"
+)
+_FIRST_SHARED = ("subject", "from")
+_SECOND_SHARED = ("x-warning-id", "x-warning-level")
+# Values whose header line is known without the header parser (`To: a@b.cn, c@d.cn`): plain
+# dot-atom addresses and short tokens; anything else goes through the parser and its checks.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9._:/-]{1,60}")
 
 
 def message_id(delivery_id: str) -> str:
@@ -107,6 +144,119 @@ def compose(message: Message, sender: str, recipients: tuple[str, ...]) -> Email
     if mail["To"].defects:
         raise ValueError(f"bad recipient address in {recipients!r}")
     return mail
+
+
+def _template_key(notice: Notice) -> tuple[object, ...]:
+    """Every field `subject` and `body` (and the warning's headers) use."""
+    return (
+        notice.id,
+        notice.msg_type,
+        notice.level,
+        notice.title,
+        notice.content,
+        notice.measures,
+        notice.contact_phone,
+        notice.area_description,
+        notice.issuer_unit,
+        notice.sent_at,
+        notice.expires_at,
+    )
+
+
+def _header_fields(head: bytes) -> list[bytes]:
+    """A flattened header block split into its fields, continuation lines kept, CRLF each."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+class _Template:
+    """A warning's email without the per-delivery headers, flattened once per SMTP policy.
+
+    Per policy it keeps three pieces: Subject + From, X-Warning-Id + X-Warning-Level, and
+    Auto-Submitted + the MIME headers + the blank line + the encoded body; a delivery's
+    To/Date/Message-ID go between the first two and X-Delivery-Id between the last two, the
+    order `compose` sets them in.
+    """
+
+    def __init__(self, notice: Notice, sender: str) -> None:
+        mail = EmailMessage()
+        mail["Subject"] = subject(notice)
+        mail["From"] = sender
+        mail["X-Warning-Id"] = notice.id
+        mail["X-Warning-Level"] = str(notice.level)
+        # RFC 3834: keeps vacation responders from answering a warning.
+        mail["Auto-Submitted"] = "auto-generated"
+        mail.set_content(body(notice))
+        self._mail = mail
+        self._pieces: dict[tuple[bool, str], tuple[bytes, bytes, bytes]] = {}
+
+    def pieces(self, kind: tuple[bool, str]) -> tuple[bytes, bytes, bytes]:
+        """The three pieces for `_POLICIES[kind]`."""
+        pieces = self._pieces.get(kind)
+        if pieces is None:
+            with io.BytesIO() as out:
+                BytesGenerator(out, policy=_POLICIES[kind]).flatten(self._mail)
+                flat = out.getvalue()
+            head, _, rest = flat.partition(b"\r\n\r\n")
+            fields = _header_fields(head)
+            names = tuple(f.split(b":", 1)[0].decode("ascii").lower() for f in fields[:4])
+            if names != _FIRST_SHARED + _SECOND_SHARED:  # pragma: no cover - stdlib changed
+                raise RuntimeError(f"unexpected email header order {names}")
+            pieces = (
+                b"".join(fields[:2]),
+                b"".join(fields[2:4]),
+                b"".join(fields[4:]) + b"\r\n" + rest,
+            )
+            self._pieces[kind] = pieces
+        return pieces
+
+
+class _Mail:
+    """One delivery's email: the warning's template and this delivery's headers."""
+
+    def __init__(
+        self, template: _Template, recipients: tuple[str, ...], delivery_id: str, utf8: bool
+    ) -> None:
+        self.template = template
+        self.utf8 = utf8
+        to = ", ".join(recipients)
+        self._to: bytes | None = None
+        self._to_header: Any = None
+        if len(to) <= 70 and all(_PLAIN_ADDRESS.fullmatch(r) for r in recipients):
+            self._to = f"To: {to}\r\n".encode("ascii")
+        else:
+            self._to_header = _HEADERS.header_store_parse("To", to)[1]
+            if self._to_header.defects:
+                raise ValueError(f"bad recipient address in {recipients!r}")
+        self._date = format_datetime(datetime.now(BEIJING))
+        self._message_id = f"Message-ID: {message_id(delivery_id)}\r\n".encode("ascii")
+        self._delivery: bytes | None = None
+        self._delivery_header: Any = None
+        if _PLAIN_TOKEN.fullmatch(delivery_id):
+            self._delivery = f"X-Delivery-Id: {delivery_id}\r\n".encode("ascii")
+        else:
+            self._delivery_header = _HEADERS.header_store_parse("X-Delivery-Id", delivery_id)[1]
+
+    def flatten(self, cte_type: str) -> bytes:
+        """The bytes `send_message` would send for this email in such a session."""
+        kind = (self.utf8, cte_type)
+        policy = _POLICIES[kind]
+        first, second, rest = self.template.pieces(kind)
+        to = self._to or policy.fold_binary("To", self._to_header)
+        delivery = self._delivery or policy.fold_binary("X-Delivery-Id", self._delivery_header)
+        date = _date_line(kind, self._date)
+        return b"".join((first, to, date, self._message_id, second, delivery, rest))
+
+
+@functools.lru_cache(maxsize=4)
+def _date_line(kind: tuple[bool, str], value: str) -> bytes:
+    """The Date line (kept: it changes once a second)."""
+    return _POLICIES[kind].fold_binary(*_HEADERS.header_store_parse("Date", value))
 
 
 def _short(text: str) -> str:
@@ -181,6 +331,8 @@ class EmailChannel(Channel):
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: list[aiosmtplib.SMTP] = []
         self._open: set[aiosmtplib.SMTP] = set()
+        self._sender_ascii = self.envelope_sender.isascii()
+        self._templates: OrderedDict[tuple[object, ...], _Template] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"EmailChannel(smtp{'s' if self.use_tls else ''}://{self.host}:{self.port})"
@@ -202,7 +354,7 @@ class EmailChannel(Channel):
         if not recipients:
             raise PermanentDeliveryError(f"endpoint {endpoint.id} has no email address")
         try:
-            mail = compose(message, self.sender, recipients)
+            mail = self._render(message, recipients)
         except ValueError as exc:
             raise PermanentDeliveryError(f"cannot address the email: {exc}") from exc
         async with self._slots:
@@ -225,8 +377,27 @@ class EmailChannel(Channel):
         log.debug("email %s to %s: %s", message.delivery_id, endpoint.id, detail)
         return Outcome(delivered=True, detail=detail)
 
+    def _render(self, message: Message, recipients: tuple[str, ...]) -> _Mail:
+        """The email of one delivery; raises ValueError exactly as `compose` would."""
+        try:
+            key = _template_key(message.notice)
+            template = self._templates.get(key)
+            if template is None:
+                template = _Template(message.notice, self.sender)
+                self._templates[key] = template
+                if len(self._templates) > TEMPLATE_CACHE:
+                    self._templates.popitem(last=False)
+            else:
+                self._templates.move_to_end(key)
+            utf8 = not (self._sender_ascii and all(r.isascii() for r in recipients))
+            return _Mail(template, recipients, message.delivery_id, utf8)
+        except ValueError:
+            # The same error, in the same order of checks, as composing it whole.
+            compose(message, self.sender, recipients)
+            raise
+
     async def _transact(
-        self, mail: EmailMessage, recipients: tuple[str, ...]
+        self, mail: _Mail, recipients: tuple[str, ...]
     ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         smtp, reused = await self._checkout()
         try:
@@ -240,11 +411,32 @@ class EmailChannel(Channel):
         return await self._send_on(await self._connect(), mail, recipients)
 
     async def _send_on(
-        self, smtp: aiosmtplib.SMTP, mail: EmailMessage, recipients: tuple[str, ...]
+        self, smtp: aiosmtplib.SMTP, mail: _Mail, recipients: tuple[str, ...]
     ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         try:
-            result = await smtp.send_message(
-                mail, sender=self.envelope_sender, recipients=list(recipients)
+            # What aiosmtplib's send_message does, with the message already rendered.
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    if not smtp.is_connected:
+                        raise
+                    await smtp.helo()
+            options = []
+            if mail.utf8:
+                if not smtp.supports_extension("smtputf8"):
+                    raise aiosmtplib.SMTPNotSupported(_SMTPUTF8_MISSING)
+                options.append("SMTPUTF8")
+            if smtp.supports_extension("8BITMIME"):
+                options.append("BODY=8BITMIME")
+                cte_type = "8bit"
+            else:
+                cte_type = "7bit"
+            result = await smtp.sendmail(
+                self.envelope_sender,
+                list(recipients),
+                mail.flatten(cte_type),
+                mail_options=options,
             )
         except BaseException:
             # After any error (even a clean reply) the session state is not worth trusting.

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +43,7 @@ from gateway.channels.base import (
     Channel,
     Endpoint,
     Message,
+    Notice,
     Outcome,
     PermanentDeliveryError,
     Receipt,
@@ -62,6 +65,11 @@ MAX_CONCURRENT_CALLS = 100
 """Publishes (and the ack subscription) waiting for the broker at once; the rest queue."""
 MAX_INFLIGHT = 20
 """QoS-1 messages on the wire without a PUBACK: Mosquitto's default receive maximum."""
+PAYLOAD_CACHE = 64
+"""Warnings whose payload (all of it but the delivery id) a channel keeps, least recently used
+dropped first."""
+PROPERTIES_CACHE = 64
+"""Expiry values whose MQTT 5 PUBLISH properties are kept (nothing else in them varies)."""
 
 KINDS = frozenset({"display", "broadcast"})
 ACK_STATUSES = {
@@ -131,6 +139,7 @@ class MqttChannel(Channel):
         self._conn: _Connection | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._payload_heads: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
 
     async def __aenter__(self) -> Self:
         if self._task is not None:
@@ -177,15 +186,26 @@ class MqttChannel(Channel):
         properties: Properties | None = None
         detail: dict[str, Any] = {"topic": topic, "expiry_s": None}
         if self.protocol == "5":
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = expiry
-            properties.PayloadFormatIndicator = 1
-            properties.ContentType = "application/json"
+            properties = _publish_properties(expiry)
             detail["expiry_s"] = expiry
         else:
             detail["expiry"] = "not set (MQTT 3.1.1 has no message expiry)"
-        await self._publish(topic, _payload(message), properties)
+        await self._publish(topic, self._payload(message), properties)
         return Outcome(delivered=True, detail=detail)
+
+    def _payload(self, message: Message) -> bytes:
+        """The JSON payload: the warning's part rendered once per warning, then the delivery id."""
+        notice = message.notice
+        key = _payload_key(notice)
+        head = self._payload_heads.get(key)
+        if head is None:
+            head = _payload_head(notice)
+            self._payload_heads[key] = head
+            if len(self._payload_heads) > PAYLOAD_CACHE:
+                self._payload_heads.popitem(last=False)
+        else:
+            self._payload_heads.move_to_end(key)
+        return head + _JSON.encode(message.delivery_id).encode("utf-8") + b"}"
 
     async def clear(self, township: str, kind: str, warning_id: str) -> None:
         """Remove the retained warning from its topic (empty retained payload, QoS 1).
@@ -381,8 +401,42 @@ def _parse_at(value: object) -> datetime:
     return at
 
 
-def _payload(message: Message) -> bytes:
-    notice = message.notice
+@functools.lru_cache(maxsize=PROPERTIES_CACHE)
+def _publish_properties(expiry: int) -> Properties:
+    """MQTT 5 PUBLISH properties: expiry after `expiry` seconds, UTF-8 JSON. Shared: never
+    modify the result (paho only packs it)."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = expiry
+    properties.PayloadFormatIndicator = 1
+    properties.ContentType = "application/json"
+    return properties
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Compact JSON with UTF-8 text as is: `json.dumps(..., ensure_ascii=False, separators=...)`."""
+
+
+def _payload_key(notice: Notice) -> tuple[object, ...]:
+    """Every field the payload's warning part uses; UTC offsets too, as `isoformat` shows them."""
+    return (
+        notice.id,
+        notice.msg_type,
+        notice.level,
+        notice.hazard,
+        notice.title,
+        notice.content,
+        notice.measures,
+        notice.contact_phone,
+        notice.issuer_unit,
+        notice.sent_at,
+        notice.sent_at.utcoffset(),
+        notice.expires_at,
+        notice.expires_at.utcoffset(),
+    )
+
+
+def _payload_head(notice: Notice) -> bytes:
+    """The payload's JSON object up to the value of its last key, `delivery_id`."""
     doc = {
         "id": notice.id,
         "msg_type": notice.msg_type,
@@ -396,6 +450,5 @@ def _payload(message: Message) -> bytes:
         "issuer_unit": notice.issuer_unit,
         "sent_at": notice.sent_at.isoformat(),
         "expires_at": notice.expires_at.isoformat(),
-        "delivery_id": message.delivery_id,
     }
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return (_JSON.encode(doc)[:-1] + ',"delivery_id":').encode("utf-8")
