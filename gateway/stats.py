@@ -493,28 +493,14 @@ def stats_report(
 # -- loader ---------------------------------------------------------------------------------------
 
 
-async def received_in(store: Store, start: datetime, end: datetime) -> list[str]:
-    """Ids of warnings with a `received` entry in [start, end), in ledger order.
-
-    Walks the whole ledger: the store has no range query yet.
-    """
-    ids: dict[str, None] = {}
-    async for e in store.ledger():
-        if e.stage == Stage.RECEIVED and start <= datetime.fromisoformat(e.at) < end:
-            ids.setdefault(e.warning_id, None)
-    return list(ids)
-
-
 async def load_figures(store: Store, query: StatsQuery) -> list[WarningFigures]:
     """The figures of every accepted warning received in the query's range and area.
 
-    Refused warnings (a `received` entry but nothing stored) are skipped.
+    Refused warnings are not stored and so not counted.
     """
     out: list[WarningFigures] = []
-    for wid in await received_in(store, query.start, query.end):
-        stored = await store.get_warning(wid)
-        if stored is None or not query.start <= stored.received_at < query.end:
-            continue
+    for stored in await store.warnings_received(query.start, query.end):
+        wid = stored.id
         if query.district is not None and query.district not in area_districts(stored):
             continue
         out.append(

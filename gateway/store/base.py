@@ -161,6 +161,10 @@ class Store(Protocol):
 
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]: ...
 
+    async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
+        """Accepted warnings received in [start, end), oldest first."""
+        ...
+
     async def active_warnings(self) -> list[StoredWarning]:
         """Warnings in state `active`, including any whose expiry was not yet processed."""
         ...

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_by_warning ON ledger (warning_id, seq);
+CREATE INDEX IF NOT EXISTS warnings_by_received ON warnings (received_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     warning_id TEXT NOT NULL,
@@ -194,7 +195,7 @@ def _warning_row(w: StoredWarning) -> tuple[str, ...]:
         json.dumps(w.warning, ensure_ascii=False),
         json.dumps(w.answer, ensure_ascii=False),
         w.state,
-        timestamp(w.received_at),
+        timestamp(w.received_at.astimezone(UTC)),  # UTC: text order is time order
         timestamp(w.expires_at),
         json.dumps(w.authorization, ensure_ascii=False),
     )
@@ -441,6 +442,17 @@ class SqliteStore:
             CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
             for r in rows
         ]
+
+    async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
+        assert self._r is not None
+        # received_at is always stored in UTC with one format, so text order is time order.
+        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
+        sql = (
+            f"SELECT {_WARNING_COLUMNS} FROM warnings "
+            "WHERE received_at >= ? AND received_at < ? ORDER BY received_at"
+        )
+        async with self._r.execute(sql, (lo, hi)) as cur:
+            return [_to_warning(r) for r in await cur.fetchall()]
 
     async def active_warnings(self) -> list[StoredWarning]:
         assert self._r is not None
