@@ -139,7 +139,7 @@ async def get_warning(request: web.Request) -> web.Response:
             stored.warning, sender=DEFAULT_CAP_SENDER, registry=request.app[REGISTRY]
         )
         return web.Response(body=xml, content_type=CAP_TYPE, charset="utf-8")
-    deliveries = await request.app[STORE].deliveries_for(wid)
+    counts = await request.app[STORE].delivery_counts(wid)
     status = stored.state
     if status == "active" and utc_now() >= stored.expires_at:
         status = "expired"
@@ -154,26 +154,31 @@ async def get_warning(request: web.Request) -> web.Response:
             "hazard": w["hazard"],
             "level": w["level"],
             "authorization": stored.authorization,
-            "deliveries": sum(1 for d in deliveries if not d.purpose),
-            "channels": channel_counts([d for d in deliveries if not d.purpose]),
-            "escalations": channel_counts([d for d in deliveries if d.escalation_of]),
-            "clears": channel_counts([d for d in deliveries if d.purpose == "clear"]),
+            "deliveries": sum(n for purpose, _, _, n in counts if not purpose),
+            "channels": channel_counts(counts, lambda p: not p),
+            "escalations": channel_counts(counts, lambda p: p is not None and p != "clear"),
+            "clears": channel_counts(counts, lambda p: p == "clear"),
             "blind_spots": stored.answer.get("blind_spots", []),
             "warning": w,
         }
     )
 
 
-def channel_counts(deliveries: list[DeliveryRecord]) -> dict[str, dict[str, int]]:
-    """Per channel: planned, and how many are pending, sent, delivered, failed."""
+def channel_counts(
+    counts: list[tuple[str | None, str, str, int]], kind: Callable[[str | None], bool]
+) -> dict[str, dict[str, int]]:
+    """Per channel: planned, and how many are pending, sent, delivered, failed, stopped, over
+    the deliveries whose purpose `kind` accepts."""
     out: dict[str, dict[str, int]] = {}
-    for d in deliveries:
-        counts = out.setdefault(
-            d.channel,
+    for purpose, channel, state, n in counts:
+        if not kind(purpose):
+            continue
+        c = out.setdefault(
+            channel,
             {"planned": 0, "pending": 0, "sent": 0, "delivered": 0, "failed": 0, "stopped": 0},
         )
-        counts["planned"] += 1
-        counts[d.state] = counts.get(d.state, 0) + 1
+        c["planned"] += n
+        c[state] = c.get(state, 0) + n
     return out
 
 

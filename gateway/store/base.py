@@ -161,6 +161,10 @@ class Store(Protocol):
 
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]: ...
 
+    async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
+        """(purpose, channel, state, count) of a warning's deliveries."""
+        ...
+
     async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
         """Accepted warnings received in [start, end), oldest first."""
         ...

@@ -443,6 +443,15 @@ class SqliteStore:
             for r in rows
         ]
 
+    async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
+        assert self._r is not None
+        sql = (
+            "SELECT purpose, channel, state, count(*) FROM deliveries WHERE warning_id = ? "
+            "GROUP BY purpose, channel, state"
+        )
+        async with self._r.execute(sql, (warning_id,)) as cur:
+            return [(r[0], r[1], r[2], int(r[3])) for r in await cur.fetchall()]
+
     async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
         assert self._r is not None
         # received_at is always stored in UTC with one format, so text order is time order.
