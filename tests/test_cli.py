@@ -61,6 +61,17 @@ def test_healthz_metrics_and_openapi(served: GatewayProcess) -> None:
     assert "/v1/warnings" in doc["paths"]
 
 
+def test_send_reports_a_missing_file_and_token(tmp_path: Path, env: dict[str, str]) -> None:
+    missing = run_gateway("send", str(tmp_path / "nope.json"), env=env, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "nope.json" in missing.stderr
+    file = tmp_path / "w.json"
+    file.write_text("{}", encoding="utf-8")
+    no_token = run_gateway("send", str(file), "--client", "stranger", env=env, cwd=tmp_path)
+    assert no_token.returncode == 2
+    assert "GATEWAY_TOKEN_STRANGER" in no_token.stderr
+
+
 def test_send_posts_a_file(served: GatewayProcess, tmp_path: Path, env: dict[str, str]) -> None:
     file = tmp_path / "w.json"
     body = warning_body()
@@ -150,6 +161,49 @@ def test_ledger_verify_detects_a_removed_entry(
             {},
             "townships.yaml: districts[0].code",
             id="townships",
+        ),
+        pytest.param(
+            "endpoints.yaml",
+            'townships: {"500199999": [{id: x, channel: sms, phones: ["13800000000"]}]}\n',
+            {},
+            "endpoints.yaml: townships.500199999: unknown township code",
+            id="endpoints-unknown-township",
+        ),
+        pytest.param(
+            "endpoints.yaml",
+            'townships: {"500103001": [{id: x, channel: sms, phones: []}]}\n',
+            {},
+            "endpoints.yaml: townships.500103001[0].phones",
+            id="endpoints-sms-without-phones",
+        ),
+        pytest.param(
+            "endpoints.yaml",
+            'townships: {"500103001": [{id: x, channel: mqtt, kind: display},'
+            " {id: x, channel: mqtt, kind: broadcast}]}\n",
+            {},
+            "endpoints.yaml: x: duplicate endpoint id",
+            id="endpoints-duplicate-id",
+        ),
+        pytest.param(
+            "endpoints.yaml",
+            "partners: [{id: p, name: p, url: 'ftp://x'}]\n",
+            {},
+            "endpoints.yaml: partners[0].url",
+            id="endpoints-partner-url",
+        ),
+        pytest.param(
+            "gateway.yaml",
+            "channels: {sms: {provider: http}}\n",
+            {},
+            "gateway.yaml: channels.sms.url: the http SMS provider needs a url",
+            id="sms-http-without-url",
+        ),
+        pytest.param(
+            "gateway.yaml",
+            "coverage: {deadlines_s: {5: 10}}\n",
+            {},
+            "gateway.yaml: coverage.deadlines_s",
+            id="deadline-level-5",
         ),
         pytest.param(
             None,

@@ -418,3 +418,14 @@ async def test_receipts_need_a_token_and_a_known_delivery(
     assert bad.status == 400
     fields = {e["field"] for e in (await bad.json())["errors"]}
     assert {"message_id", "status", "at"} <= fields
+    not_json = await api.post("/v1/receipts", data=b"{oops", headers=headers)
+    assert not_json.status == 400
+    assert (await not_json.json())["code"] == "invalid_receipt"
+    ack = await api.post(
+        "/v1/receipts", json={"delivery_id": "w/x", "status": "lost"}, headers=headers
+    )
+    assert ack.status == 400
+    assert "status" in {e["field"] for e in (await ack.json())["errors"]}
+    unknown = await api.post("/v1/receipts", json={"delivery_id": "w/x"}, headers=headers)
+    assert unknown.status == 404
+    assert (await unknown.json())["code"] == "unknown_delivery"
