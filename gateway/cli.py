@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc.file}: {exc.key}: {exc.reason}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:  # `gateway coverage ID | head`: the reader has enough
+        sys.stderr.close()
+        return 0
 
 
 GC_THRESHOLDS = (50_000, 20, 10)
