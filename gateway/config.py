@@ -165,15 +165,21 @@ class Settings:
 
     @property
     def endpoints_path(self) -> Path:
-        return self.config_dir / "endpoints.yaml"
+        return self.config_file("endpoints.yaml")
+
+    def config_file(self, name: str) -> Path:
+        """`name` in the config directory, or the shipped default when the directory has none
+        (a deployment may override only gateway.yaml and endpoints.yaml)."""
+        own = self.config_dir / name
+        return own if own.exists() else REPO_CONFIG / name
 
     @property
     def release_list_path(self) -> Path:
-        return self.config_dir / "release_list.yaml"
+        return self.config_file("release_list.yaml")
 
     @property
     def townships_path(self) -> Path:
-        return self.config_dir / "townships.yaml"
+        return self.config_file("townships.yaml")
 
 
 def default_config_dir() -> Path:

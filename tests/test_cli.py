@@ -289,3 +289,21 @@ def test_drill_prints_channels_townships_and_blind_spots(tmp_path: Path) -> None
     assert "townships reached: 49" in result.stdout
     assert "恒合土家族乡 (500101239)" in result.stdout
     assert "lost: 0" in result.stdout
+
+
+def test_a_config_dir_with_only_gateway_yaml_uses_the_shipped_data(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "mine"
+    config.mkdir()
+    (config / "gateway.yaml").write_text(
+        "clients: {platform: {}}\n"
+        "channels: {email: {enabled: false}, mqtt: {enabled: false}, webhook: {enabled: false}}\n",
+        encoding="utf-8",
+    )
+    gw = GatewayProcess({**env, "GATEWAY_CONFIG": str(config)}, tmp_path).start()
+    try:
+        status, answer = http_json(gw.url + "/v1/warnings", warning_body(), TOKENS["platform"])
+        assert status == 202, answer
+    finally:
+        gw.stop()
