@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 20.0
 
@@ -19,6 +20,60 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+STOP_TIMEOUT = 10.0
+POLL_S = 0.05
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when `url` answers 200 (a readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def tcp_open(port: int, timeout: float = 1.0) -> bool:
+    """True when 127.0.0.1:`port` accepts a connection (a readiness probe)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_ready(
+    proc: subprocess.Popen[Any],
+    ready: Callable[[], bool],
+    what: str,
+    output: Callable[[], str],
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Poll `ready` until it holds; raise (after stopping `proc`) if `proc` exits or time runs
+    out, quoting its output. A test whose server cannot start fails, it never skips."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}: {output()}")
+        if ready():
+            return
+        time.sleep(POLL_S)
+    stop_process(proc)
+    raise RuntimeError(f"{what} did not become ready in {timeout:.0f}s: {output()}")
 
 
 def gateway_cmd(*args: str) -> list[str]:
@@ -65,18 +120,8 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gateway did not answer /healthz: {self.output()}")
+        wait_ready(self.proc, lambda: http_ok(self.url + "/healthz"), "gateway", self.output)
+        return self
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -88,10 +133,4 @@ class GatewayProcess:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)

@@ -19,8 +19,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Self
 import pytest
 from aiohttp import web
 
-from tests.processes import free_port
+from tests.processes import free_port, http_ok, stop_process, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANG_SECONDS = 30.0
@@ -190,30 +188,18 @@ class SmsProviderProcess:
         cmd += ["--log", str(self.log), "--script", self.script]
         with self.output.open("ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"fake SMS provider exited {self.proc.returncode}: {self._out()}"
-                )
-            try:
-                probe = f"http://127.0.0.1:{self.port}/healthz"
-                with urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"fake SMS provider did not answer /healthz: {self._out()}")
+        probe = f"http://127.0.0.1:{self.port}/healthz"
+        wait_ready(
+            self.proc,
+            lambda: http_ok(probe, PROBE_TIMEOUT),
+            "fake SMS provider",
+            self._out,
+            START_TIMEOUT,
+        )
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        stop_process(self.proc, STOP_TIMEOUT)
 
     def restart(self, script: str | None = None) -> Self:
         """Stop, then start on the same port with `script` (or the previous one) from its start."""

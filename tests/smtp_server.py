@@ -22,11 +22,9 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -38,7 +36,7 @@ from typing import Any, Protocol
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.processes import free_port
+from tests.processes import free_port, stop_process, tcp_open, wait_ready
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -231,26 +229,13 @@ class SmtpServer:
                 text=True,
                 cwd=Path(__file__).resolve().parent.parent,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"SMTP server exited {self.proc.returncode}: {self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(POLL_INTERVAL)
-        self.stop()
-        raise RuntimeError(f"SMTP server did not listen on {self.port}: {self.output()}")
+        wait_ready(
+            self.proc, lambda: tcp_open(self.port), "SMTP server", self.output, START_TIMEOUT
+        )
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        stop_process(self.proc, STOP_TIMEOUT)
 
     def restart(self) -> SmtpServer:
         self.stop()

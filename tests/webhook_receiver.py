@@ -21,8 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -31,7 +29,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.processes import free_port
+from tests.processes import free_port, http_ok, stop_process, wait_ready
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -172,28 +170,12 @@ class WebhookReceiver:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"webhook receiver exited {self.proc.returncode}: {self._out()}")
-            try:
-                url = f"http://127.0.0.1:{self.port}/healthz"
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"webhook receiver did not answer: {self._out()}")
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        wait_ready(self.proc, lambda: http_ok(url), "webhook receiver", self._out, START_TIMEOUT)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
+        stop_process(self.proc, STOP_TIMEOUT)
 
     def restart(self) -> WebhookReceiver:
         self.stop()
