@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from gateway.api import BOOK
 from gateway.app import build_app
 from gateway.clients import token_env, warn_tokenless
 from gateway.config import load_settings
-from gateway.coverage import coverage_report
+from gateway.coverage import coverage_deadline, coverage_report
 from gateway.exceptions import ConfigError, LedgerCorrupt
 from gateway.ledger import verify
 from gateway.store import open_store
@@ -167,8 +166,7 @@ async def _coverage(args: argparse.Namespace) -> int:
             print(f"gateway coverage: no warning {args.warning_id}", file=sys.stderr)
             return EXIT_FAILED
         rows = await store.coverage_for(args.warning_id)
-    level = int(stored.warning["level"])
-    deadline = stored.received_at + timedelta(seconds=settings.coverage.deadline_map()[level])
+    deadline = coverage_deadline(stored, settings.coverage.deadline_map())
     report = coverage_report(stored, rows, registry, deadline)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))

@@ -31,6 +31,8 @@ DEFAULT_STORE = "sqlite:///var/gateway.db"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 CHANNEL_NAMES = ("sms", "email", "mqtt", "webhook")
+DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
+"""Coverage deadlines per level (1 red ... 4 blue), seconds after receipt."""
 
 
 class _ClientFile(BaseModel):
@@ -117,14 +119,11 @@ class CoverageSettings(BaseModel):
     reached; later, uncovered townships are escalated to their command centres."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    deadlines_s: dict[Literal[1, 2, 3, 4], float] = Field(
-        default={1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
-    )
+    deadlines_s: dict[Literal[1, 2, 3, 4], float] = Field(default={})
 
     def deadline_map(self) -> dict[int, float]:
-        out = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
-        out.update({int(k): v for k, v in self.deadlines_s.items()})
-        return out
+        """Every level's deadline: the configured ones over the defaults."""
+        return {**DEFAULT_DEADLINES_S, **{int(k): v for k, v in self.deadlines_s.items()}}
 
 
 class _GatewayFile(BaseModel):

@@ -26,14 +26,13 @@ from gateway.townships import Registry
 
 log = logging.getLogger("gateway.coverage")
 
-DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
-
 Clock = Callable[[], datetime]
 Dispatch = Callable[[Notice, Sequence[DeliveryRecord]], Awaitable[None]]
 
 
-def covered_by_delivery(endpoint: Endpoint, channel: str) -> dict[str, Any]:
-    return {"channel": channel, "endpoint": endpoint.id}
+def coverage_deadline(stored: StoredWarning, deadlines_s: Mapping[int, float]) -> datetime:
+    """When every township of `stored` must be reached: receipt plus its level's deadline."""
+    return stored.received_at + timedelta(seconds=deadlines_s[int(stored.warning["level"])])
 
 
 def escalation_notice(notice: Notice, townships: Sequence[str], names: Registry) -> Notice:
@@ -105,9 +104,7 @@ class CoverageTracker:
         await asyncio.gather(*timers, return_exceptions=True)
 
     def deadline(self, stored: StoredWarning) -> datetime:
-        level = int(stored.warning["level"])
-        seconds = self.deadlines_s.get(level, DEFAULT_DEADLINES_S[level])
-        return stored.received_at + timedelta(seconds=seconds)
+        return coverage_deadline(stored, self.deadlines_s)
 
     def watch(self, stored: StoredWarning) -> None:
         """Schedule the deadline check of an accepted warning."""

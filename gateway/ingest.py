@@ -97,7 +97,8 @@ class Ingest:
             rejected = LedgerDraft(warning.id, Stage.REJECTED, self.clock(), refusal.body())
             await self.store.append([received, rejected])
             raise
-        routed = await self._route(warning, replaced)
+        old_deliveries = await self.store.deliveries_for(replaced.id) if replaced else []
+        routed = self._route(warning, old_deliveries)
         deliveries = [
             DeliveryRecord(
                 id=delivery_id(warning.id, e.id),
@@ -135,7 +136,7 @@ class Ingest:
         clears: list[DeliveryRecord] = []
         retire: tuple[str, str] | None = None
         if replaced is not None:
-            clears = clear_deliveries(replaced.id, await self.store.deliveries_for(replaced.id))
+            clears = clear_deliveries(replaced.id, old_deliveries)
             old_state, stage = (
                 ("cancelled", Stage.CANCELLED) if cancel else ("superseded", Stage.SUPERSEDED)
             )
@@ -176,15 +177,15 @@ class Ingest:
             if blind_spots:  # art. 20: no means reaches them; escalate at once
                 await self.tracker.escalate(stored, blind_spots, reason="blind_spot")
 
-    async def _route(self, warning: Warning, replaced: StoredWarning | None) -> Plan:
+    def _route(self, warning: Warning, old_deliveries: Sequence[DeliveryRecord]) -> Plan:
         """The plan of an alert or update; a cancel goes to the partners of its area and to the
-        SMS/email recipients who got the warning it ends (art. 18: 宣布终止预警)."""
+        SMS/email recipients who got the warning it ends, per `old_deliveries` (art. 18)."""
         routed = plan(warning, self.book, self.registry, self.channels)
-        if warning.msg_type is not MsgType.CANCEL or replaced is None:
+        if warning.msg_type is not MsgType.CANCEL:
             return routed
         reached = {
             d.endpoint_id
-            for d in await self.store.deliveries_for(replaced.id)
+            for d in old_deliveries
             if d.purpose is None
             and d.channel in ("sms", "email")
             and d.state in (DeliveryState.DELIVERED, DeliveryState.SENT)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -105,11 +106,11 @@ class ReceiptDesk:
         if rec is None:
             raise NotFound(f"no delivery {did}", code="unknown_delivery")
         state = rec.state
-        book: dict[str, object] | None = None
+        sms_book: dict[str, object] | None = None
         if receipt.source == SMS_SOURCE:
             status = SmsStatus.from_json(rec.receipt) if rec.receipt else SmsStatus()
             status.apply(receipt)
-            book = status.to_json()
+            sms_book = status.to_json()
             if status.overall == "delivered" and _all_parts_reported(status, rec.detail):
                 state = DeliveryState.DELIVERED
             elif status.overall == "failed":
@@ -130,8 +131,9 @@ class ReceiptDesk:
         if state != rec.state and rec.state in DeliveryState.FINAL:
             state = rec.state
         updates = []
-        if book is not None or state != rec.state:
-            updates.append(DeliveryUpdate(did, state, receipt=book or dict(rec.receipt or {})))
+        if sms_book is not None or state != rec.state:
+            receipt_doc = sms_book or dict(rec.receipt or {})
+            updates.append(DeliveryUpdate(did, state, receipt=receipt_doc))
         now = self.clock()
         covers: list[Cover] = []
         endpoint = self.book.by_id.get(rec.endpoint_id) if self.book else None
@@ -142,17 +144,7 @@ class ReceiptDesk:
         await self.store.record(
             updates, [LedgerDraft(rec.warning_id, Stage.RECEIPT, now, data)], covers
         )
-        return DeliveryRecord(
-            rec.id,
-            rec.warning_id,
-            rec.endpoint_id,
-            rec.channel,
-            rec.level,
-            state,
-            rec.attempts,
-            rec.detail,
-            book or rec.receipt,
-        )
+        return replace(rec, state=state, receipt=sms_book or rec.receipt)
 
 
 def _all_parts_reported(status: SmsStatus, detail: dict[str, Any]) -> bool:

@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Self
 from gateway.exceptions import GatewayError
 
 LEVEL_COLOURS = {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}
-LEVEL_NAMES_EN = {1: "red", 2: "orange", 3: "yellow", 4: "blue"}
 
 
 class DeliveryError(GatewayError):

@@ -36,7 +36,6 @@ class DeliveryState:
     DELIVERED = "delivered"
     FAILED = "failed"
     STOPPED = "stopped"
-    UNFINISHED = (PENDING,)
     FINAL = (DELIVERED, FAILED, STOPPED)
 
 
