@@ -31,7 +31,7 @@ from gateway.config import Settings
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
+from gateway.flow import CircuitBreaker, RateLimiter
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
@@ -84,7 +84,7 @@ def build_app(
                 cs = getattr(settings.channels, name, None)
                 runtimes[name] = ChannelRuntime(
                     channel=channel,
-                    slots=PrioritySlots(cs.concurrency if cs else 16),
+                    concurrency=cs.concurrency if cs else 16,
                     retry=cs.retry.policy() if cs else settings.channels.sms.retry.policy(),
                     rate=RateLimiter(cs.rate_per_s) if cs and cs.rate_per_s > 0 else None,
                 )

@@ -1,16 +1,23 @@
 """The dispatcher: runs every planned delivery to its end, durably.
 
-Each delivery runs as a task: wait out the endpoint's circuit breaker, take a slot of its
-channel (by priority = level), respect the channel's rate limit, `send`, and record the outcome
-with its ledger entries before going on. Transient failures are retried by the channel's retry
-policy up to the warning's expiry; a delivery that runs out is `failed` (a dead letter). On start
-the dispatcher resumes every delivery still `pending` in the store, so a crash loses nothing;
-a resumed delivery keeps its id, which is its idempotency key.
+Each channel has a queue, most urgent first (level 1, red, before level 4, blue; FIFO within a
+level), and `concurrency` worker tasks that take deliveries from it, so a red warning never
+waits behind a queued blue fan-out and at most `concurrency` sends of a channel are in flight.
+A worker respects the channel's rate limit, sends, and hands the outcome and its ledger entries
+to the store's next group commit (`record_soon`) before taking the next delivery. A delivery
+whose outcome was not yet written stays `pending` in the store, so a crash loses nothing: on
+start the dispatcher resumes every pending delivery, and a resumed delivery keeps its id, which
+is its idempotency key at the far side.
+
+A transient failure is retried by the channel's retry policy up to the warning's expiry; the
+delivery waits out its backoff (or an open circuit of its endpoint) outside the queue and holds
+no worker meanwhile. A delivery that runs out of attempts or time is `failed` (a dead letter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +38,7 @@ from gateway.channels.base import (
 )
 from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
+from gateway.flow import CircuitBreaker, RateLimiter
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
@@ -44,6 +51,10 @@ Clock = Callable[[], datetime]
 CLEAR = "clear"
 CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
 CLEAR_GRACE_S = 3600.0
+_CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
+_NO_GRACE = timedelta(0)
+# A worker whose sends complete without suspending (a stub) lets others run this often.
+YIELD_EVERY = 32
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -52,13 +63,34 @@ class ChannelRuntime:
     """A channel with its flow control and retry policy."""
 
     channel: Channel
-    slots: PrioritySlots
+    concurrency: int
     retry: RetryPolicy
     rate: RateLimiter | None = None
 
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+@dataclass(eq=False)
+class _Job:
+    """A delivery on its way: what to send, to whom, and the attempts made so far (counted
+    across restarts, so a restart grants no fresh set of attempts)."""
+
+    notice: Notice
+    rec: DeliveryRecord
+    endpoint: Endpoint | None
+    attempts: int
+    stopped: bool = False
+    halted: asyncio.Future[None] | None = None
+    """Set by `stop` when it interrupts the job's send; resolved once the worker let go."""
+
+
+_Queue = asyncio.PriorityQueue[tuple[int, int, _Job]]
+
 
 class Dispatcher:
-    """Owns the delivery tasks; an async context manager (exit cancels what is in flight,
+    """Owns the channel workers; an async context manager (exit cancels what is in flight,
     which stays `pending` in the store and resumes on the next start)."""
 
     def __init__(
@@ -80,10 +112,19 @@ class Dispatcher:
         self.sleep = sleep
         self.registry = registry
         self.disabled: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._by_warning: dict[str, set[asyncio.Task[None]]] = {}
+        self._queues: dict[str, _Queue] = {name: asyncio.PriorityQueue() for name in runtimes}
+        self._order = itertools.count()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[Any], _Job] = {}
+        self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
+        self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self._closing = False
 
     async def __aenter__(self) -> Self:
+        for name, runtime in self.runtimes.items():
+            for _ in range(runtime.concurrency):
+                self._start_worker(name)
         await self.resume()
         return self
 
@@ -93,13 +134,14 @@ class Dispatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = list(self._tasks)
+        self._closing = True
+        tasks = [*self._workers, *self._timers]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def resume(self) -> None:
-        """Start every delivery left `pending` by an earlier process."""
+        """Queue every delivery left `pending` by an earlier process."""
         pending = await self.store.unfinished()
         by_warning: dict[str, list[DeliveryRecord]] = {}
         for rec in pending:
@@ -128,162 +170,238 @@ class Dispatcher:
         if resumed:
             data["resumed"] = True
         await self.store.append([LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
-        # Tasks start in creation order: boards and loudspeakers first, they reach everyone
+        # Idle workers wake in this order: boards and loudspeakers first, they reach everyone
         # in the area at once; the order among channels of one level is only a head start.
         ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
+        tracked = self._jobs.setdefault(notice.id, set())
         for rec in ordered:
-            task = asyncio.create_task(self._run(notice, rec), name=f"delivery {rec.id}")
-            self._tasks.add(task)
+            job_notice = notice
+            if rec.purpose != CLEAR and rec.escalation_of and self.registry is not None:
+                job_notice = escalation_notice(notice, rec.escalation_of, self.registry)
+            job = _Job(job_notice, rec, self.book.by_id.get(rec.endpoint_id), rec.attempts)
             if rec.purpose != CLEAR:
-                self._by_warning.setdefault(rec.warning_id, set()).add(task)
-            task.add_done_callback(self._done)
+                tracked.add(job)
+            self._enqueue(job)
+        if not tracked:
+            del self._jobs[notice.id]
 
     async def stop(self, warning_id: str) -> None:
-        """Cancel the running deliveries of a warning (superseded, cancelled, expired); the
-        store has already marked them stopped."""
-        tasks = self._by_warning.pop(warning_id, set())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the deliveries of a warning (superseded, cancelled, expired), which the store
+        has already marked stopped: drop the queued ones, interrupt the sends in flight and
+        return once none of them can still reach an endpoint."""
+        self._covered.pop(warning_id, None)
+        jobs = self._jobs.pop(warning_id, set())
+        for job in jobs:
+            job.stopped = True
+        halted = []
+        loop = asyncio.get_running_loop()
+        for task, job in list(self._sending.items()):
+            if job.stopped and job.halted is None:
+                job.halted = loop.create_future()
+                halted.append(job.halted)
+                task.cancel()
+        await asyncio.gather(*halted)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        for tasks in self._by_warning.values():
-            tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task %s crashed", task.get_name(), exc_info=task.exception())
-
-    async def _run(self, notice: Notice, rec: DeliveryRecord) -> None:
-        try:
-            await self._deliver(notice, rec)
-        except asyncio.CancelledError:
-            raise  # shutdown: the delivery stays pending and resumes on the next start
-        except Exception as exc:
-            # A bug here must not leave the delivery silently pending until a restart.
-            log.exception("delivery %s failed in the dispatcher", rec.id)
-            await self._final(notice, rec, rec.attempts, f"internal error: {type(exc).__name__}")
-
-    async def _deliver(self, notice: Notice, rec: DeliveryRecord) -> None:
-        endpoint = self.book.by_id.get(rec.endpoint_id)
-        runtime = self.runtimes.get(rec.channel)
-        if endpoint is None or runtime is None:
-            what = "endpoint" if endpoint is None else "channel"
-            await self._final(notice, rec, rec.attempts, f"{what} no longer configured")
+    def _enqueue(self, job: _Job) -> None:
+        queue = self._queues.get(job.rec.channel)
+        if queue is None:
+            self._final(job, job.attempts, "channel no longer configured")
             return
-        # Clearing must also work once the warning has expired.
-        grace = timedelta(seconds=CLEAR_GRACE_S if rec.purpose == CLEAR else 0)
-        if self.clock() >= notice.expires_at + grace:
-            await self._final(notice, rec, rec.attempts, "the warning expired before delivery")
+        queue.put_nowait((job.rec.level, next(self._order), job))
+
+    def _start_worker(self, channel: str) -> None:
+        task = asyncio.create_task(self._work(channel), name=f"{channel} worker")
+        self._workers.add(task)
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        if task.cancelled() or self._closing:
             return
-        if rec.purpose != CLEAR and rec.escalation_of and self.registry is not None:
-            notice = escalation_notice(notice, rec.escalation_of, self.registry)
-        attempts = rec.attempts + 1
-        try:
+        # A bug must not shrink a channel's capacity for good.
+        log.error("worker %s crashed; starting another", task.get_name(), exc_info=task.exception())
+        self._start_worker(task.get_name().removesuffix(" worker"))
+
+    async def _work(self, channel: str) -> None:
+        queue = self._queues[channel]
+        runtime = self.runtimes[channel]
+        task = asyncio.current_task()
+        assert task is not None
+        ran = 0
+        while True:
+            *_, job = await queue.get()
+            if job.stopped:
+                continue
             try:
-                outcome, started = await self._attempt(runtime, notice, endpoint, rec, attempts)
-            except TransientDeliveryError as first:
-                # Retries only now: most deliveries succeed at once and need no retry state.
-                if attempts >= runtime.retry.attempts:
-                    raise
-                wait = runtime.retry.first_wait(first)
-                if self.clock() + timedelta(seconds=wait) >= notice.expires_at + grace:
-                    raise
-                await self.sleep(wait)
-                left = (notice.expires_at + grace - self.clock()).total_seconds()
-                retrying = runtime.retry.retrying(done=attempts, deadline_s=left, sleep=self.sleep)
-                async for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        outcome, started = await self._attempt(
-                            runtime, notice, endpoint, rec, attempts
-                        )
+                if await self._deliver(runtime, job, task):
+                    self._forget(job)
+            except asyncio.CancelledError:
+                if job.halted is not None and task.cancelling() == 0:
+                    continue  # `stop` interrupted this send; the worker carries on
+                raise
+            except Exception as exc:
+                # A bug here must not leave the delivery silently pending until a restart.
+                log.exception("delivery %s failed in the dispatcher", job.rec.id)
+                self._forget(job)
+                self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
+            ran += 1
+            if ran % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    async def _deliver(self, runtime: ChannelRuntime, job: _Job, task: asyncio.Task[Any]) -> bool:
+        """One attempt at `job`; True when the delivery has ended, False when it was put back
+        to be retried later."""
+        held = self._hold(job)
+        if held is not None:
+            return held
+        rec, endpoint = job.rec, job.endpoint
+        assert endpoint is not None
+        if runtime.rate is not None:
+            await runtime.rate.acquire()
+            if job.stopped:
+                return True
+        n = job.attempts + 1
+        started = self.clock()
+        error: DeliveryError | None = None
+        self._sending[task] = job
+        try:
+            if rec.purpose == CLEAR:
+                outcome = await _clear(runtime.channel, endpoint, rec.warning_id)
+            else:
+                outcome = await runtime.channel.send(Message(rec.id, job.notice, endpoint, n))
         except DeliveryError as exc:
-            if isinstance(exc, EndpointGone):
-                self.disabled[endpoint.id] = exc.reason
-                log.warning("endpoint %s disabled: %s", endpoint.id, exc.reason)
-            kind = "transient" if isinstance(exc, TransientDeliveryError) else "permanent"
-            await self._final(notice, rec, attempts, exc.reason, kind=kind)
-            return
+            error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an adapter bug must not lose the delivery
+            log.exception("channel %s failed unexpectedly on %s", rec.channel, rec.id)
+            error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
+        finally:
+            del self._sending[task]
+            if job.halted is not None:  # interrupted by `stop`, or stopped as it finished
+                task.uncancel()
+                job.halted.set_result(None)
+        if job.stopped:
+            return True
+        if error is not None:
+            return self._failed(runtime, job, endpoint, started, error)
+        self.breaker.success(endpoint.id)
+        self._delivered(job, endpoint, n, started, outcome)
+        return True
+
+    def _hold(self, job: _Job) -> bool | None:
+        """Why `job` cannot be sent now: True when it has ended (failed), False when it was put
+        back to wait out its endpoint's open circuit, None when it can be sent."""
+        notice, endpoint = job.notice, job.endpoint
+        if endpoint is None:
+            self._final(job, job.attempts, "endpoint no longer configured")
+            return True
+        now = self.clock()
+        if now >= _deadline(job):
+            self._final(job, job.attempts, "the warning expired before delivery")
+            return True
+        if endpoint.id in self.disabled:
+            reason = f"endpoint disabled: {self.disabled[endpoint.id]}"
+            self._final(job, job.attempts + 1, reason, kind="permanent")
+            return True
+        # Wait out an open circuit outside the queue: other endpoints keep the workers busy.
+        delay = self.breaker.delay(endpoint.id)
+        if delay <= 0:
+            return None
+        left = (notice.expires_at - now).total_seconds()
+        if left <= 0:
+            reason = "the warning expired while the endpoint was down"
+            self._final(job, job.attempts + 1, reason, kind="permanent")
+            return True
+        self._later(min(delay, left), job)
+        return False
+
+    def _failed(
+        self,
+        runtime: ChannelRuntime,
+        job: _Job,
+        endpoint: Endpoint,
+        started: datetime,
+        error: DeliveryError,
+    ) -> bool:
+        """Record a failed attempt; retry later (False) or end the delivery (True)."""
+        n = job.attempts = job.attempts + 1
+        if isinstance(error, TransientDeliveryError):
+            self.breaker.failure(endpoint.id)
+        self._failed_attempt(job, endpoint, n, started, error)
+        if isinstance(error, EndpointGone):
+            self.disabled[endpoint.id] = error.reason
+            log.warning("endpoint %s disabled: %s", endpoint.id, error.reason)
+        if not isinstance(error, TransientDeliveryError):
+            self._final(job, n, error.reason, kind="permanent")
+            return True
+        left = (_deadline(job) - self.clock()).total_seconds()
+        wait = runtime.retry.next_wait(n, error, left)
+        if wait is None:
+            self._final(job, n, error.reason, kind="transient")
+            return True
+        self._later(wait, job)
+        return False
+
+    def _later(self, wait: float, job: _Job) -> None:
+        """Put `job` back in its queue after `wait` seconds, unless stopped meanwhile."""
+
+        async def requeue() -> None:
+            await self.sleep(wait)
+            if not job.stopped:
+                self._enqueue(job)
+
+        timer = asyncio.create_task(requeue(), name=f"retry {job.rec.id}")
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
+
+    def _forget(self, job: _Job) -> None:
+        jobs = self._jobs.get(job.rec.warning_id)
+        if jobs is not None:
+            jobs.discard(job)
+            if not jobs:
+                del self._jobs[job.rec.warning_id]
+
+    def _delivered(
+        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, outcome: Outcome
+    ) -> None:
+        rec = job.rec
         state = DeliveryState.DELIVERED if outcome.delivered else DeliveryState.SENT
         stage = Stage.DELIVERED if outcome.delivered else Stage.SENT
         detail = dict(outcome.detail)
         now = self.clock()
         covers = []
         if outcome.delivered and endpoint.covers_townships and not rec.purpose:
+            # A township's first cover is the one kept: later ones need not be written.
+            seen = self._covered.setdefault(rec.warning_id, set())
             by = {"channel": rec.channel, "endpoint": endpoint.id}
-            covers = [Cover(rec.warning_id, t, now, by) for t in endpoint.townships]
-        await self.store.record(
-            [DeliveryUpdate(rec.id, state, attempts, detail)],
+            for t in endpoint.townships:
+                if t not in seen:
+                    seen.add(t)
+                    covers.append(Cover(rec.warning_id, t, now, by))
+        self.store.record_soon(
+            [DeliveryUpdate(rec.id, state, n, detail)],
             [
-                LedgerDraft(notice.id, Stage.ATTEMPT, started, _entry(rec, endpoint, attempts)),
-                LedgerDraft(notice.id, stage, now, _entry(rec, endpoint, attempts, detail)),
+                LedgerDraft(rec.warning_id, Stage.ATTEMPT, started, _entry(rec, endpoint, n)),
+                LedgerDraft(rec.warning_id, stage, now, _entry(rec, endpoint, n, detail)),
             ],
             covers,
         )
 
-    async def _attempt(
-        self,
-        runtime: ChannelRuntime,
-        notice: Notice,
-        endpoint: Endpoint,
-        rec: DeliveryRecord,
-        n: int,
-    ) -> tuple[Outcome, datetime]:
-        if endpoint.id in self.disabled:
-            raise PermanentDeliveryError(f"endpoint disabled: {self.disabled[endpoint.id]}")
-        # Wait out an open circuit outside the slot: other endpoints keep the channel busy.
-        while (delay := self.breaker.delay(endpoint.id)) > 0:
-            await self.sleep(
-                min(delay, max(0.0, (notice.expires_at - self.clock()).total_seconds()))
-            )
-            if self.clock() >= notice.expires_at:
-                raise PermanentDeliveryError("the warning expired while the endpoint was down")
-        started = self.clock()
-        # acquire/release rather than `async with slots.slot()`: this runs once per delivery,
-        # and the generator-based context manager was a measurable share of it.
-        await runtime.slots.acquire(notice.level)
-        try:
-            if runtime.rate is not None:
-                await runtime.rate.acquire()
-            if rec.purpose == CLEAR:
-                outcome = await _clear(runtime.channel, endpoint, rec.warning_id)
-            else:
-                outcome = await runtime.channel.send(Message(rec.id, notice, endpoint, n))
-        except DeliveryError as exc:
-            error: DeliveryError = exc
-        except Exception as exc:  # an adapter bug must not lose the delivery
-            log.exception("channel %s failed unexpectedly on %s", rec.channel, rec.id)
-            error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
-        else:
-            self.breaker.success(endpoint.id)
-            return outcome, started
-        finally:
-            runtime.slots.release()
-        if isinstance(error, TransientDeliveryError):
-            self.breaker.failure(endpoint.id)
-        await self._failed_attempt(notice, rec, endpoint, n, started, error)
-        raise error
-
-    async def _failed_attempt(
-        self,
-        notice: Notice,
-        rec: DeliveryRecord,
-        endpoint: Endpoint,
-        n: int,
-        started: datetime,
-        error: DeliveryError,
+    def _failed_attempt(
+        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, error: DeliveryError
     ) -> None:
-        data = _entry(rec, endpoint, n)
+        data = _entry(job.rec, endpoint, n)
         data["error"] = error.reason
         data["transient"] = isinstance(error, TransientDeliveryError)
-        draft = LedgerDraft(notice.id, Stage.ATTEMPT, started, data)
+        draft = LedgerDraft(job.rec.warning_id, Stage.ATTEMPT, started, data)
         # The attempt count is stored so a restart does not grant a fresh set of attempts.
         detail = {"last_error": error.reason}
-        await self.store.record([DeliveryUpdate(rec.id, DeliveryState.PENDING, n, detail)], [draft])
+        update = DeliveryUpdate(job.rec.id, DeliveryState.PENDING, n, detail)
+        self.store.record_soon([update], [draft])
 
-    async def _final(
-        self, notice: Notice, rec: DeliveryRecord, attempts: int, reason: str, kind: str = ""
-    ) -> None:
+    def _final(self, job: _Job, attempts: int, reason: str, kind: str = "") -> None:
+        rec = job.rec
         data: dict[str, Any] = {
             "delivery_id": rec.id,
             "channel": rec.channel,
@@ -293,10 +411,15 @@ class Dispatcher:
         }
         if kind:
             data["error"] = kind
-        await self.store.record(
+        self.store.record_soon(
             [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
-            [LedgerDraft(notice.id, Stage.FAILED, self.clock(), data)],
+            [LedgerDraft(rec.warning_id, Stage.FAILED, self.clock(), data)],
         )
+
+
+def _deadline(job: _Job) -> datetime:
+    """When `job` gives up: the warning's expiry; clearing must also work once it expired."""
+    return job.notice.expires_at + (_CLEAR_GRACE if job.rec.purpose == CLEAR else _NO_GRACE)
 
 
 async def _clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outcome:

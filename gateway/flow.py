@@ -1,62 +1,14 @@
-"""Flow control for the dispatcher: priority slots, a rate limiter and a circuit breaker.
-
-`PrioritySlots` bounds a channel's concurrency and hands a freed slot to the waiter with the
-lowest priority number first (level 1, red, before level 4, blue; FIFO within a level), so a red
-warning never waits behind a queued blue fan-out.
-"""
+"""Flow control for the dispatcher: a rate limiter and a circuit breaker."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 Sleep = Callable[[float], Awaitable[None]]
 _EPSILON = 1e-9
 Monotonic = Callable[[], float]
-
-
-class PrioritySlots:
-    """At most `size` holders at a time; freed slots go to the most urgent waiter."""
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError("size must be at least 1")
-        self._free = size
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    async def acquire(self, priority: int) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), fut))
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed over just as we were cancelled
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            *_, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._free += 1
-
-    @asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[None]:
-        await self.acquire(priority)
-        try:
-            yield
-        finally:
-            self.release()
 
 
 class RateLimiter:

@@ -69,9 +69,13 @@ class LedgerEntry:
         }
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: object) -> str:
     """One JSON spelling per value: sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # One encoder for every call: json.dumps with options builds a new one each time.
+    return _CANONICAL.encode(value)
 
 
 def timestamp(at: datetime) -> str:

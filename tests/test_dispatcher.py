@@ -18,7 +18,7 @@ from gateway.channels.base import (
     TransientDeliveryError,
 )
 from gateway.config import load_settings
-from gateway.flow import CircuitBreaker, PrioritySlots, RateLimiter
+from gateway.flow import CircuitBreaker, RateLimiter
 from gateway.policies.retry import RetryPolicy
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import MakeClient
@@ -110,34 +110,6 @@ async def test_retries_stop_at_expiry(tmp_path: Path, make_client: MakeClient) -
     assert 2 <= len(attempts) < 100
 
 
-async def test_priority_slots_serve_the_most_urgent_waiter_first() -> None:
-    slots = PrioritySlots(1)
-    order: list[int] = []
-    await slots.acquire(4)
-
-    async def wait(priority: int) -> None:
-        async with slots.slot(priority):
-            order.append(priority)
-
-    tasks = [asyncio.create_task(wait(p)) for p in (4, 4, 1, 3, 1)]
-    await asyncio.sleep(0)
-    slots.release()
-    await asyncio.gather(*tasks)
-    assert order == [1, 1, 3, 4, 4]
-
-
-async def test_a_cancelled_waiter_does_not_leak_its_slot() -> None:
-    slots = PrioritySlots(1)
-    await slots.acquire(1)
-    waiter = asyncio.create_task(slots.acquire(2))
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    slots.release()
-    await asyncio.wait_for(slots.acquire(3), 1)
-
-
 def test_breaker_opens_after_threshold_and_closes_on_success() -> None:
     now = [100.0]
     breaker = CircuitBreaker(3, 30, clock=lambda: now[0])
@@ -169,42 +141,26 @@ async def test_rate_limiter_spaces_acquisitions() -> None:
     assert sum(slept) == pytest.approx(0.4)
 
 
-async def test_retry_policy_honours_retry_after_and_stops() -> None:
-    slept: list[float] = []
-
-    async def sleep(s: float) -> None:
-        slept.append(s)
-
+def test_retry_policy_honours_retry_after_and_backs_off() -> None:
     policy = RetryPolicy(attempts=3, initial_s=1, max_s=10, jitter_s=0)
-    calls = 0
-
-    async def run() -> None:
-        nonlocal calls
-        async for attempt in policy.retrying(done=0, deadline_s=3600, sleep=sleep):
-            with attempt:
-                calls += 1
-                raise TransientDeliveryError("busy", retry_after=7 if calls == 1 else None)
-
-    with pytest.raises(TransientDeliveryError):
-        await run()
-    assert calls == 3
-    assert slept[0] == 7  # Retry-After beats the 1 s backoff
-    assert slept[1] == 2  # exponential: 1, 2, 4, ...
+    busy = TransientDeliveryError("busy")
+    assert policy.next_wait(1, TransientDeliveryError("busy", retry_after=7), 3600) == 7
+    assert policy.next_wait(1, busy, 3600) == 1  # exponential: 1, 2, 4, ...
+    assert policy.next_wait(2, busy, 3600) == 2
+    assert policy.next_wait(3, busy, 3600) is None  # the third attempt was the last
 
 
-async def test_retry_policy_counts_attempts_before_a_restart() -> None:
-    async def sleep(s: float) -> None:
-        return None
+def test_retry_policy_counts_attempts_before_a_restart() -> None:
+    # A delivery resumed after 3 attempts has 2 of its 5 left.
+    policy = RetryPolicy(attempts=5, initial_s=0.1, jitter_s=0)
+    down = TransientDeliveryError("down")
+    assert policy.next_wait(4, down, 60) is not None
+    assert policy.next_wait(5, down, 60) is None
 
-    calls = 0
 
-    async def run() -> None:
-        nonlocal calls
-        async for attempt in RetryPolicy(attempts=5).retrying(done=3, deadline_s=60, sleep=sleep):
-            with attempt:
-                calls += 1
-                raise TransientDeliveryError("down")
-
-    with pytest.raises(TransientDeliveryError):
-        await run()
-    assert calls == 2
+def test_retry_policy_never_waits_past_the_deadline() -> None:
+    # design.md "retry": a deadline that never passes expires_at.
+    policy = RetryPolicy(attempts=10, initial_s=1, jitter_s=0)
+    assert policy.next_wait(1, TransientDeliveryError("busy"), left_s=1.5) == 1
+    assert policy.next_wait(2, TransientDeliveryError("busy"), left_s=1.5) is None
+    assert policy.next_wait(1, TransientDeliveryError("busy", retry_after=5), left_s=4) is None

@@ -149,6 +149,17 @@ class Store(Protocol):
         covers: Sequence[Cover] = (),
     ) -> None: ...
 
+    def record_soon(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        """`record` without waiting: queued for the next commit, durable shortly after. For
+        outcomes whose loss is harmless: a delivery not yet recorded stays pending and is
+        sent again (same idempotency key) after a restart. A failed write is logged."""
+        ...
+
     async def escalate(
         self,
         warning_id: str,

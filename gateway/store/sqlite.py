@@ -1,22 +1,27 @@
-"""SQLite store (WAL, aiosqlite) with group commit.
+"""SQLite store (WAL) with group commit.
 
-One writer task owns the write connection and commits whatever is queued as one transaction
-(`synchronous=FULL`: durable on commit), so concurrent ingests share one fsync. It alone extends
-the hash chain, which keeps the ledger strictly ordered. Reads use a second connection and so
-never see a transaction that has not committed.
+One writer task commits whatever is queued as one transaction (`synchronous=FULL`: durable on
+commit), so concurrent ingests and delivery outcomes share one fsync. The write connection lives
+on one thread of its own, and a whole batch (lookups, rows, hash chain, commit) runs there in one
+call: the event loop hands a batch over once instead of once per statement. That thread alone
+extends the hash chain, which keeps the ledger strictly ordered. Reads use a second connection
+(aiosqlite) and so never see a transaction that has not committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
@@ -24,6 +29,7 @@ from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, canonical_json, ch
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
 
 log = logging.getLogger("gateway.store")
+_T = TypeVar("_T")
 
 MAX_BATCH = 256
 BUSY_TIMEOUT_MS = 10_000
@@ -76,6 +82,11 @@ CREATE TABLE IF NOT EXISTS coverage (
 ) WITHOUT ROWID;
 """
 
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+)
 _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
 
 
@@ -89,9 +100,8 @@ class _Write:
     covers: Sequence[Cover] = ()
     escalated: tuple[str, Sequence[str], str] | None = None
     retire: tuple[str, str] | None = None
-    done: asyncio.Future[tuple[StoredWarning, bool] | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    done: asyncio.Future[tuple[StoredWarning, bool] | None] | None = None
+    """Resolved once the write is durable; None when no one waits (`record_soon`)."""
 
 
 @dataclass
@@ -175,7 +185,7 @@ class _Rows:
         return [(sql, params) for sql, params in out if params]
 
 
-def _to_warning(row: aiosqlite.Row) -> StoredWarning:
+def _to_warning(row: Sequence[Any]) -> StoredWarning:
     return StoredWarning(
         id=row[0],
         body_hash=row[1],
@@ -242,20 +252,18 @@ class SqliteStore:
         self.path = path
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._w: aiosqlite.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._w: sqlite3.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._seq = 0
         self._hash = GENESIS
 
     async def __aenter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w = await self._connect()
-        await self._w.executescript(_SCHEMA)
-        async with self._w.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1") as c:
-            last = await c.fetchone()
-        if last is not None:
-            self._seq, self._hash = int(last[0]), str(last[1])
-        self._r = await self._connect()
+        await self._in_thread(self._open_writer)
+        self._r = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in _PRAGMAS:
+            await self._r.execute(pragma)
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
         return self
 
@@ -268,16 +276,24 @@ class SqliteStore:
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer
-        for conn in (self._r, self._w):
-            if conn is not None:
-                await conn.close()
+        if self._r is not None:
+            await self._r.close()
+        if self._w is not None:
+            await self._in_thread(self._w.close)
+        self._thread.shutdown()
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return conn
+    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+        conn.executescript(_SCHEMA)
+        last = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is not None:
+            self._seq, self._hash = int(last[0]), str(last[1])
+        self._w = conn
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -307,6 +323,15 @@ class SqliteStore:
         if updates or entries or covers:
             await self._submit(_Write(entries, updates=updates, covers=covers))
 
+    def record_soon(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        self._check_open()
+        self._queue.put_nowait(_Write(entries, updates=updates, covers=covers))
+
     async def escalate(
         self,
         warning_id: str,
@@ -320,10 +345,14 @@ class SqliteStore:
         )
         await self._submit(write)
 
-    async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
+    def _check_open(self) -> None:
         if self._writer is None or self._writer.done():
             raise RuntimeError("the store is not open")
-        await self._queue.put(write)
+
+    async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
+        self._check_open()
+        write.done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(write)
         return await write.done
 
     async def _write_loop(self) -> None:
@@ -340,22 +369,27 @@ class SqliteStore:
                     break
                 batch.append(item)
             try:
-                await self._commit(batch)
+                results = await self._in_thread(functools.partial(self._commit, batch))
             except Exception as exc:  # the callers learn of it; the writer carries on
                 log.exception("store write of %d item(s) failed", len(batch))
                 for w in batch:
-                    if not w.done.done():
+                    if w.done is not None and not w.done.done():
                         w.done.set_exception(exc)
+                continue
+            for w, r in zip(batch, results, strict=True):
+                if w.done is not None and not w.done.done():
+                    w.done.set_result(r)
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        assert self._w is not None
+    def _commit(self, batch: list[_Write]) -> list[tuple[StoredWarning, bool] | None]:
+        """Write `batch` as one transaction (on the writer thread); each write's result."""
+        conn = self._w
+        assert conn is not None
         ids = [w.warning.id for w in batch if w.warning is not None]
         known: dict[str, StoredWarning] = {}
         if ids:
             marks = ",".join("?" * len(ids))
             sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({marks})"
-            async with self._w.execute(sql, ids) as cur:
-                known = {row[0]: _to_warning(row) async for row in cur}
+            known = {row[0]: _to_warning(row) for row in conn.execute(sql, ids)}
         rows = _Rows()
         results = [rows.add(w, known) for w in batch]
         seq, prev = self._seq, self._hash
@@ -367,18 +401,16 @@ class SqliteStore:
             e = chain(prev, seq, draft, data)
             prev = e.hash
             rows.ledger.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
-        await self._w.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in rows.statements():
-                await self._w.executemany(sql, params)
-            await self._w.execute("COMMIT")
+                conn.executemany(sql, params)
+            conn.execute("COMMIT")
         except BaseException:
-            await self._w.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
         self._seq, self._hash = seq, prev
-        for w, r in zip(batch, results, strict=True):
-            if not w.done.done():
-                w.done.set_result(r)
+        return results
 
     # -- reads -------------------------------------------------------------------------------
 
