@@ -750,7 +750,7 @@ async def warm_up(api: Api, sinks: Sinks, layout: Layout, within: float) -> None
 @dataclass
 class Profiler:
     """`py-spy record` on the gateway from just before the POST until the last sink is complete
-    (collapsed stacks, 100 Hz; sampling pauses the gateway, so a profiled run is slower)."""
+    (collapsed stacks of the thread holding the GIL, 250 Hz; sampling pauses the gateway, so a profiled run is slower)."""
 
     out: Path | None
     proc: asyncio.subprocess.Process | None = None
@@ -763,7 +763,7 @@ class Profiler:
             raise SystemExit("--profile needs py-spy (pip install py-spy)")
         self.out.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            *[spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"],
+            *[spy, "record", "--pid", str(pid), "--rate", "1000", "--gil", "--format", "raw"],
             *["--output", str(self.out / "gateway.collapsed.txt")],
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

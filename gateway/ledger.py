@@ -98,20 +98,23 @@ def entry_hash(
         data_json = canonical_json(data)
     # canonical_json of {"seq", "warning_id", "stage", "at", "data"}, keys in sorted order.
     body = (
-        f'{{"at":{canonical_json(at)},"data":{data_json},"seq":{seq},'
-        f'"stage":{canonical_json(stage)},"warning_id":{canonical_json(warning_id)}}}'
+        f'{{"at":{_quoted(at)},"data":{data_json},"seq":{seq},'
+        f'"stage":{_quoted(stage)},"warning_id":{_quoted(warning_id)}}}'
     )
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
-def chain(
-    prev_hash: str, seq: int, draft: LedgerDraft, data_json: str | None = None
-) -> LedgerEntry:
+def _quoted(text: str) -> str:
+    """`canonical_json(text)`, without the encoder for the usual text that needs no escape."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return canonical_json(text)
+
+
+def chain(prev_hash: str, seq: int, draft: LedgerDraft) -> LedgerEntry:
     """`draft` as the entry numbered `seq` following the entry whose hash is `prev_hash`."""
     at = timestamp(draft.at)
-    digest = entry_hash(
-        prev_hash, seq, draft.warning_id, draft.stage.value, at, draft.data, data_json
-    )
+    digest = entry_hash(prev_hash, seq, draft.warning_id, draft.stage.value, at, draft.data)
     return LedgerEntry(seq, draft.warning_id, draft.stage.value, at, draft.data, prev_hash, digest)
 
 

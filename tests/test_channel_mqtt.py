@@ -270,15 +270,18 @@ async def test_broker_restart_transient_then_recovers(mosquitto: Mosquitto) -> N
 
 
 async def test_broker_crash_mid_flight_fails_sends_transiently(mosquitto: Mosquitto) -> None:
-    channel = channel_for(mosquitto.url, connect_timeout=0.5, publish_timeout=2.0)
+    # The PUBACK timeout is far longer than the test may take: sends waiting for a PUBACK
+    # must fail as soon as the connection is lost, not when their timeout runs out.
+    channel = channel_for(mosquitto.url, connect_timeout=0.5, publish_timeout=120.0)
     async with connected(channel):
         sends = [asyncio.create_task(channel.send(make_message(f"w-{i}"))) for i in range(300)]
         await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.to_thread(mosquitto.kill)
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 30)
     # Which sends got their PUBACK before the crash varies; none may hang or fail otherwise.
     failed = [r for r in results if not isinstance(r, Outcome)]
     assert all(isinstance(r, TransientDeliveryError) for r in failed), failed
+    assert any("connection lost before PUBACK" in str(r) for r in failed), results
 
 
 async def test_send_without_broker_is_transient() -> None:

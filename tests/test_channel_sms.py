@@ -224,6 +224,29 @@ async def test_http_body_headers_and_idempotency_key(sms_provider: SmsProviderPr
     assert r3["headers"]["idempotency-key"] == "d-8"
 
 
+def test_http_body_is_the_json_of_each_message() -> None:
+    # The part after the phones is encoded once per warning; it must never leak into another.
+    import json
+
+    provider = HttpProvider("http://127.0.0.1:9/v1/sms", callback_url=CALLBACK)
+    red, blue = ("【单位】红色", "预警"), ('【单位】蓝色"引号\\',)
+    for message_id, phones, parts in [
+        ("d-1", PHONES, red),
+        ("d-2", ("13800000000",), red),
+        ("d-3", PHONES, blue),
+        ("d-4", PHONES, red),
+    ]:
+        expected = {
+            "message_id": message_id,
+            "phones": list(phones),
+            "parts": list(parts),
+            "segments": len(parts),
+            "callback_url": CALLBACK,
+        }
+        body = provider._body(message_id, phones, parts)
+        assert body == json.dumps(expected, ensure_ascii=False).encode()
+
+
 async def test_http_without_token_sends_no_authorization(
     sms_provider: SmsProviderProcess,
 ) -> None:

@@ -109,3 +109,17 @@ def test_entry_hash_is_sha256_of_previous_hash_and_canonical_json(data: dict[str
     expected = hashlib.sha256(f"{GENESIS}\n{body}".encode()).hexdigest()
     assert entry_hash(GENESIS, 7, "w/1", "attempt", at, data) == expected
     assert entry_hash(GENESIS, 7, "w/1", "attempt", at, data, canonical_json(data)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["w/1", "中文-预警", 'a"b', "a\\b", "tab\there", "nl\n", "\x00", "\x7f", "\u2028", "é"]
+)
+def test_entry_hash_quotes_every_text_as_canonical_json(text: str) -> None:
+    # The hash skips the JSON encoder for text that needs no escaping; it must not matter.
+    import hashlib
+
+    from gateway.ledger import canonical_json, entry_hash
+
+    body = canonical_json({"seq": 1, "warning_id": text, "stage": text, "at": text, "data": {}})
+    expected = hashlib.sha256(f"{GENESIS}\n{body}".encode()).hexdigest()
+    assert entry_hash(GENESIS, 1, text, text, text, {}) == expected

@@ -46,6 +46,9 @@ RECEIPT_SOURCE = "sms-callback"
 RECEIPT_STATUSES = ("delivered", "undelivered", "failed")
 FAILURE_STATUSES = frozenset({"undelivered", "failed"})
 MAX_MESSAGE_ID_CHARS = 256
+SEGMENT_CACHE = 64
+"""Warnings whose SMS parts a channel keeps, oldest dropped first."""
+_JSON = json.JSONEncoder(ensure_ascii=False)
 MAX_PHONE_CHARS = 32
 MAX_ERROR_CHARS = 500
 
@@ -175,8 +178,11 @@ class HttpProvider(SmsProvider):
         self.url = url
         self.timeout = timeout
         self.callback_url = callback_url
-        self._token = token
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
+        self._tail: tuple[Sequence[str], bytes] | None = None
 
     def __repr__(self) -> str:
         # The URL's query or user info may carry a credential.
@@ -203,22 +209,12 @@ class HttpProvider(SmsProvider):
     ) -> Mapping[str, Any]:
         if self._session is None:
             raise RuntimeError("HttpProvider used outside 'async with'")
-        body = {
-            "message_id": message_id,
-            "phones": list(phones),
-            "parts": list(parts),
-            "segments": len(parts),
-            "callback_url": self.callback_url,
-        }
-        headers = {"Content-Type": "application/json", "Idempotency-Key": message_id}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        headers = {**self._headers, "Idempotency-Key": message_id}
         try:
             async with self._session.post(
                 self.url,
-                data=json.dumps(body, ensure_ascii=False).encode(),
+                data=self._body(message_id, phones, parts),
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,
             ) as resp:
                 return await self._answer(message_id, resp)
@@ -229,6 +225,15 @@ class HttpProvider(SmsProvider):
         except aiohttp.ClientError as exc:
             # str(exc) may name the URL, and the URL may carry a credential.
             raise TransientDeliveryError(f"SMS provider unreachable: {type(exc).__name__}") from exc
+
+    def _body(self, message_id: str, phones: Sequence[str], parts: Sequence[str]) -> bytes:
+        """`json.dumps({message_id, phones, parts, segments, callback_url})`, UTF-8; the part
+        after the phones is the same for every message of a warning and encoded once."""
+        if self._tail is None or self._tail[0] is not parts:
+            tail = {"parts": list(parts), "segments": len(parts), "callback_url": self.callback_url}
+            self._tail = (parts, b", " + _JSON.encode(tail)[1:].encode())
+        head = {"message_id": message_id, "phones": list(phones)}
+        return _JSON.encode(head)[:-1].encode() + self._tail[1]
 
     async def _answer(self, message_id: str, resp: aiohttp.ClientResponse) -> Mapping[str, Any]:
         status = resp.status
@@ -254,8 +259,8 @@ class HttpProvider(SmsProvider):
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The body, or None when it is longer than `limit` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
+    if resp.content_length is not None:
+        return await resp.read() if resp.content_length <= limit else None
     buf = bytearray()
     async for chunk in resp.content.iter_chunked(16 * 1024):
         buf += chunk
@@ -285,6 +290,18 @@ class SmsChannel(Channel):
 
     def __init__(self, provider: SmsProvider | None = None) -> None:
         self.provider = provider if provider is not None else StubProvider()
+        self._segmented: dict[str, tuple[Notice, tuple[str, ...]]] = {}
+
+    def _parts(self, notice: Notice) -> tuple[str, ...]:
+        """`segments(sms_text(notice))`, computed once per warning (the most recent ones)."""
+        cached = self._segmented.get(notice.id)
+        if cached is not None and cached[0] is notice:
+            return cached[1]
+        parts = tuple(segments(sms_text(notice)))
+        self._segmented[notice.id] = (notice, parts)
+        if len(self._segmented) > SEGMENT_CACHE:
+            del self._segmented[next(iter(self._segmented))]
+        return parts
 
     async def __aenter__(self) -> Self:
         await self.provider.__aenter__()
@@ -302,7 +319,7 @@ class SmsChannel(Channel):
         phones = message.endpoint.recipients
         if not phones:
             raise PermanentDeliveryError(f"SMS endpoint {message.endpoint.id} has no recipients")
-        parts = segments(sms_text(message.notice))
+        parts = self._parts(message.notice)
         answer = await self.provider.submit(message.delivery_id, phones, parts)
         log.debug(
             "SMS %s submitted: %d segment(s) to %d phone(s) of %s",

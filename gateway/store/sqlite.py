@@ -1,10 +1,10 @@
 """SQLite store (WAL) with group commit.
 
 One writer task commits whatever is queued as one transaction (`synchronous=FULL`: durable on
-commit), so concurrent ingests and delivery outcomes share one fsync. The write connection lives
-on one thread of its own, and a whole batch (lookups, rows, hash chain, commit) runs there in one
-call: the event loop hands a batch over once instead of once per statement. That thread alone
-extends the hash chain, which keeps the ledger strictly ordered. Reads use a second connection
+commit), so concurrent ingests and delivery outcomes share one fsync. The writer alone extends
+the hash chain, which keeps the ledger strictly ordered. The write connection lives on a thread
+of its own, and a batch's statements and commit run there in one call: the event loop hands a
+batch over once instead of once per statement. Reads use a second connection
 (aiosqlite) and so never see a transaction that has not committed.
 """
 
@@ -25,11 +25,20 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, canonical_json, chain, timestamp
+from gateway.ledger import (
+    GENESIS,
+    LedgerDraft,
+    LedgerEntry,
+    canonical_json,
+    entry_hash,
+    timestamp,
+)
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
+# One encoder for every row: json.dumps with an option builds a new one each call.
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 MAX_BATCH = 256
 BUSY_TIMEOUT_MS = 10_000
@@ -132,8 +141,7 @@ class _Rows:
             result = (w.warning, True)
         self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
         self.covers.extend(
-            (timestamp(c.at), json.dumps(c.by, ensure_ascii=False), c.warning_id, c.township)
-            for c in w.covers
+            (timestamp(c.at), _to_json(c.by), c.warning_id, c.township) for c in w.covers
         )
         if w.escalated is not None:
             wid, townships, at = w.escalated
@@ -143,10 +151,10 @@ class _Rows:
             self.stopped.append((w.retire[0],))
         for u in w.updates:
             if u.receipt is None:
-                detail = json.dumps(u.detail, ensure_ascii=False)
+                detail = _to_json(u.detail)
                 self.updates.append((u.state, u.attempts, detail, u.id))
             else:
-                self.receipts.append((u.state, json.dumps(u.receipt, ensure_ascii=False), u.id))
+                self.receipts.append((u.state, _to_json(u.receipt), u.id))
         return result
 
     def statements(self) -> list[tuple[str, list[tuple[object, ...]]]]:
@@ -202,12 +210,12 @@ def _warning_row(w: StoredWarning) -> tuple[str, ...]:
     return (
         w.id,
         w.body_hash,
-        json.dumps(w.warning, ensure_ascii=False),
-        json.dumps(w.answer, ensure_ascii=False),
+        _to_json(w.warning),
+        _to_json(w.answer),
         w.state,
         timestamp(w.received_at.astimezone(UTC)),  # UTC: text order is time order
         timestamp(w.expires_at),
-        json.dumps(w.authorization, ensure_ascii=False),
+        _to_json(w.authorization),
     )
 
 
@@ -227,7 +235,7 @@ def _to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
 
 
 def _delivery_row(d: DeliveryRecord) -> tuple[object, ...]:
-    detail = json.dumps(d.detail, ensure_ascii=False)
+    detail = _to_json(d.detail)
     return (
         d.id,
         d.warning_id,
@@ -369,7 +377,7 @@ class SqliteStore:
                     break
                 batch.append(item)
             try:
-                results = await self._in_thread(functools.partial(self._commit, batch))
+                results = await self._commit(batch)
             except Exception as exc:  # the callers learn of it; the writer carries on
                 log.exception("store write of %d item(s) failed", len(batch))
                 for w in batch:
@@ -380,16 +388,12 @@ class SqliteStore:
                 if w.done is not None and not w.done.done():
                     w.done.set_result(r)
 
-    def _commit(self, batch: list[_Write]) -> list[tuple[StoredWarning, bool] | None]:
-        """Write `batch` as one transaction (on the writer thread); each write's result."""
-        conn = self._w
-        assert conn is not None
+    async def _commit(self, batch: list[_Write]) -> list[tuple[StoredWarning, bool] | None]:
+        """Write `batch` as one transaction; each write's result. The rows and the hash chain
+        are made here, on the event loop: on the writer thread that Python work would hold the
+        GIL in long stretches and delay the loop's I/O; the SQL there releases it."""
         ids = [w.warning.id for w in batch if w.warning is not None]
-        known: dict[str, StoredWarning] = {}
-        if ids:
-            marks = ",".join("?" * len(ids))
-            sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({marks})"
-            known = {row[0]: _to_warning(row) for row in conn.execute(sql, ids)}
+        known = await self._in_thread(functools.partial(self._known, ids)) if ids else {}
         rows = _Rows()
         results = [rows.add(w, known) for w in batch]
         seq, prev = self._seq, self._hash
@@ -398,19 +402,33 @@ class SqliteStore:
         ):
             seq += 1
             data = canonical_json(draft.data)  # stored as hashed: one encoding per entry
-            e = chain(prev, seq, draft, data)
-            prev = e.hash
-            rows.ledger.append((e.seq, e.warning_id, e.stage, e.at, data, e.prev_hash, e.hash))
+            at = timestamp(draft.at)
+            stage = draft.stage.value
+            digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
+            rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
+            prev = digest
+        await self._in_thread(functools.partial(self._execute, rows.statements()))
+        self._seq, self._hash = seq, prev
+        return results
+
+    def _known(self, ids: list[str]) -> dict[str, StoredWarning]:
+        """The stored warnings among `ids` (on the writer thread)."""
+        assert self._w is not None
+        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({','.join('?' * len(ids))})"
+        return {row[0]: _to_warning(row) for row in self._w.execute(sql, ids)}
+
+    def _execute(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
+        """Run `statements` as one transaction (on the writer thread)."""
+        conn = self._w
+        assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in rows.statements():
+            for sql, params in statements:
                 conn.executemany(sql, params)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._seq, self._hash = seq, prev
-        return results
 
     # -- reads -------------------------------------------------------------------------------
 
