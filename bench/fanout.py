@@ -750,7 +750,8 @@ async def warm_up(api: Api, sinks: Sinks, layout: Layout, within: float) -> None
 @dataclass
 class Profiler:
     """`py-spy record` on the gateway from just before the POST until the last sink is complete
-    (collapsed stacks of the thread holding the GIL, 250 Hz; sampling pauses the gateway, so a profiled run is slower)."""
+    (collapsed stacks of the thread holding the GIL, 1000 Hz: its CPU, not its waits; sampling
+    pauses the gateway, so a profiled run is slower)."""
 
     out: Path | None
     proc: asyncio.subprocess.Process | None = None
