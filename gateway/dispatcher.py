@@ -3,6 +3,8 @@
 Each channel has a queue, most urgent first (level 1, red, before level 4, blue; FIFO within a
 level), and `concurrency` worker tasks that take deliveries from it, so a red warning never
 waits behind a queued blue fan-out and at most `concurrency` sends of a channel are in flight.
+MQTT leads: while it has deliveries queued as urgent as theirs and is making progress, the other
+channels hold back (`LeadGate`), so boards and loudspeakers are reached first.
 A worker respects the channel's rate limit, sends, and hands the outcome and its ledger entries
 to the store's next group commit (`record_soon`) before taking the next delivery. A delivery
 whose outcome was not yet written stays `pending` in the store, so a crash loses nothing: on
@@ -38,7 +40,7 @@ from gateway.channels.base import (
 )
 from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, RateLimiter
+from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
@@ -50,6 +52,9 @@ log = logging.getLogger("gateway.dispatcher")
 Clock = Callable[[], datetime]
 CLEAR = "clear"
 CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
+LEAD_CHANNEL = "mqtt"
+"""Boards and loudspeakers reach everyone in an area at once: their deliveries go first."""
+LEAD_STALL_S = 0.25
 CLEAR_GRACE_S = 3600.0
 _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
@@ -119,6 +124,7 @@ class Dispatcher:
         self._sending: dict[asyncio.Task[Any], _Job] = {}
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self._lead = LeadGate(LEAD_STALL_S) if LEAD_CHANNEL in runtimes else None
         self._closing = False
 
     async def __aenter__(self) -> Self:
@@ -207,6 +213,8 @@ class Dispatcher:
         if queue is None:
             self._final(job, job.attempts, "channel no longer configured")
             return
+        if self._lead is not None and job.rec.channel == LEAD_CHANNEL:
+            self._lead.queued(job.rec.level)
         queue.put_nowait((job.rec.level, next(self._order), job))
 
     def _start_worker(self, channel: str) -> None:
@@ -227,14 +235,24 @@ class Dispatcher:
         runtime = self.runtimes[channel]
         task = asyncio.current_task()
         assert task is not None
+        # This channel reports to the lead gate when it leads, and asks it when it follows.
+        leading = self._lead if channel == LEAD_CHANNEL else None
+        following = self._lead if channel != LEAD_CHANNEL else None
         ran = 0
         while True:
             *_, job = await queue.get()
+            if leading is not None:
+                leading.taken(job.rec.level)
+            elif following is not None:
+                while following.holds(job.rec.level):
+                    await following.wait()
             if job.stopped:
                 continue
             try:
                 if await self._deliver(runtime, job, task):
                     self._forget(job)
+                if leading is not None:
+                    leading.progressed()
             except asyncio.CancelledError:
                 if job.halted is not None and task.cancelling() == 0:
                     continue  # `stop` interrupted this send; the worker carries on

@@ -1,8 +1,10 @@
-"""Flow control for the dispatcher: a rate limiter and a circuit breaker."""
+"""Flow control for the dispatcher: a rate limiter, a circuit breaker and the lead gate."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -70,3 +72,52 @@ class CircuitBreaker:
         self._failures[endpoint_id] = n
         if n >= self.threshold:
             self._open_until[endpoint_id] = self._clock() + self.cooldown
+
+
+class LeadGate:
+    """Lets one lead channel go first: the boards and loudspeakers, which reach everyone in an
+    area at once. Other channels' workers hold back while the lead has queued deliveries as
+    urgent as theirs (level number as low or lower) and is making progress; a lead that has
+    finished no send for `stall_s` seconds (a broker down, say) holds no one back.
+
+    The lead's workers report `queued`, `taken` and `progressed`; the others ask `holds` and
+    `wait` before each send. On one core this only changes the order of work, not its sum."""
+
+    LEVELS = 5
+
+    def __init__(self, stall_s: float, *, clock: Monotonic = time.monotonic) -> None:
+        self.stall_s = stall_s
+        self._clock = clock
+        self._backlog = [0] * (self.LEVELS + 1)  # queued lead deliveries by level
+        self._queued = 0
+        self._last = -math.inf
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def queued(self, level: int) -> None:
+        if self._queued == 0:
+            self._last = self._clock()  # a fresh backlog gets its stall time from now
+            self._drained.clear()
+        self._queued += 1
+        self._backlog[min(level, self.LEVELS)] += 1
+
+    def taken(self, level: int) -> None:
+        self._queued -= 1
+        self._backlog[min(level, self.LEVELS)] -= 1
+        if self._queued == 0:
+            self._drained.set()
+
+    def progressed(self) -> None:
+        self._last = self._clock()
+
+    def holds(self, level: int) -> bool:
+        """Whether a delivery of `level` on another channel should wait now."""
+        if self._queued == 0 or self._clock() - self._last >= self.stall_s:
+            return False
+        return any(self._backlog[: min(level, self.LEVELS) + 1])
+
+    async def wait(self) -> None:
+        """Until the lead's backlog drains or `stall_s` passes; then ask `holds` again."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.stall_s):
+                await self._drained.wait()

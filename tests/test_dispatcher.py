@@ -18,7 +18,7 @@ from gateway.channels.base import (
     TransientDeliveryError,
 )
 from gateway.config import load_settings
-from gateway.flow import CircuitBreaker, RateLimiter
+from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
 from gateway.policies.retry import RetryPolicy
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import MakeClient
@@ -108,6 +108,105 @@ async def test_retries_stop_at_expiry(tmp_path: Path, make_client: MakeClient) -
     assert state["channels"]["sms"]["failed"] == 1
     attempts = [e for e in await ledger(api, body["id"]) if e["stage"] == "attempt"]
     assert 2 <= len(attempts) < 100
+
+
+@dataclass
+class LoggedChannel(Channel):
+    """A test double: logs (channel, delivery) when a send starts; each send takes `delay`
+    seconds, or never ends when `hang` is set."""
+
+    name: ClassVar[str] = "sms"
+    log: list[tuple[str, str]] = field(default_factory=list)
+    label: str = "sms"
+    delay: float = 0.002
+    hang: bool = False
+
+    async def send(self, message: Message) -> Outcome:
+        self.log.append((self.label, message.delivery_id))
+        if self.hang:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay)
+        return Outcome(delivered=True)
+
+
+def _lead_config(tmp_path: Path) -> Path:
+    return fanout_config(
+        tmp_path,
+        channels={
+            "sms": "{provider: stub, concurrency: 4}",
+            "mqtt": "{url: 'mqtt://127.0.0.1:1', concurrency: 2}",
+        },
+    )
+
+
+async def test_boards_and_loudspeakers_are_reached_before_other_channels(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    # MQTT leads: boards and loudspeakers reach everyone in the area at once.
+    log: list[tuple[str, str]] = []
+    mqtt = LoggedChannel(log=log, label="mqtt", delay=0.005)
+    sms = LoggedChannel(log=log, label="sms")
+    settings = load_settings(_lead_config(tmp_path), _env(tmp_path))
+    api = await make_client(settings, channels={"sms": sms, "mqtt": mqtt})
+    body = warning_body(level=1)  # 渝中区: 11 townships, 22 MQTT topics, 11 SMS groups
+    await post_warning(api, body)
+    state = await settled(api, body["id"])
+    assert state["channels"]["mqtt"]["delivered"] == 22
+    assert state["channels"]["sms"]["delivered"] == 11
+    order = [label for label, _ in log]
+    assert order.count("mqtt") == 22
+    last_mqtt = max(i for i, label in enumerate(order) if label == "mqtt")
+    assert order.index("sms") > last_mqtt, order
+
+
+async def test_a_stalled_lead_holds_no_one_back(tmp_path: Path, make_client: MakeClient) -> None:
+    # A broker that never answers must not keep SMS from going out.
+    log: list[tuple[str, str]] = []
+    mqtt = LoggedChannel(log=log, label="mqtt", hang=True)
+    sms = LoggedChannel(log=log, label="sms")
+    settings = load_settings(_lead_config(tmp_path), _env(tmp_path))
+    api = await make_client(settings, channels={"sms": sms, "mqtt": mqtt})
+    body = warning_body(level=1)
+    await post_warning(api, body)
+    async with asyncio.timeout(20):
+        while True:
+            state = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+            if state["channels"]["sms"].get("delivered") == 11:
+                break
+            await asyncio.sleep(0.05)
+    assert state["channels"]["mqtt"]["pending"] == 22
+
+
+def test_lead_gate_holds_only_as_urgent_deliveries_while_the_lead_progresses() -> None:
+    now = [0.0]
+    gate = LeadGate(0.25, clock=lambda: now[0])
+    assert not gate.holds(1)  # nothing queued
+    gate.queued(4)  # a blue board message
+    assert gate.holds(4)
+    assert not gate.holds(1)  # a red SMS never waits behind a blue board message
+    gate.queued(1)
+    assert gate.holds(1)
+    now[0] += 0.2
+    gate.progressed()
+    now[0] += 0.2
+    assert gate.holds(1)  # progress 0.2 s ago
+    now[0] += 0.1
+    assert not gate.holds(1)  # stalled: nothing finished for 0.3 s
+    gate.progressed()
+    gate.taken(1)
+    gate.taken(4)
+    assert not gate.holds(4)  # drained
+
+
+async def test_lead_gate_wait_ends_when_the_backlog_drains() -> None:
+    gate = LeadGate(60)
+    gate.queued(2)
+    waiter = asyncio.create_task(gate.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.taken(2)
+    await asyncio.wait_for(waiter, 5)
+    assert not gate.holds(2)
 
 
 def test_breaker_opens_after_threshold_and_closes_on_success() -> None:
