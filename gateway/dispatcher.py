@@ -6,8 +6,9 @@ waits behind a queued blue fan-out and at most `concurrency` sends of a channel 
 MQTT leads: while it has deliveries queued as urgent as theirs and is making progress, the other
 channels hold back (`LeadGate`), so boards and loudspeakers are reached first.
 A worker respects the channel's rate limit, sends, and hands the outcome and its ledger entries
-to the store's next group commit (`record_soon`) before taking the next delivery. A delivery
-whose outcome was not yet written stays `pending` in the store, so a crash loses nothing: on
+to the store's next group commit (`record_soon`) before taking the next delivery; when the
+store falls behind, the workers wait for it. A delivery whose outcome was not yet written
+stays `pending` in the store, so a crash loses nothing: on
 start the dispatcher resumes every pending delivery, and a resumed delivery keeps its id, which
 is its idempotency key at the far side.
 
@@ -263,8 +264,15 @@ class Dispatcher:
                 self._forget(job)
                 self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
             ran += 1
-            if ran % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+            if ran % YIELD_EVERY == 0 or self.store.lagging():
+                await self._pace()
+
+    async def _pace(self) -> None:
+        """Let the others run, and wait for the store when it falls behind."""
+        if self.store.lagging():
+            await self.store.caught_up()
+        else:
+            await asyncio.sleep(0)
 
     async def _deliver(self, runtime: ChannelRuntime, job: _Job, task: asyncio.Task[Any]) -> bool:
         """One attempt at `job`; True when the delivery has ended, False when it was put back

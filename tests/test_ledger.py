@@ -123,3 +123,21 @@ def test_entry_hash_quotes_every_text_as_canonical_json(text: str) -> None:
     body = canonical_json({"seq": 1, "warning_id": text, "stage": text, "at": text, "data": {}})
     expected = hashlib.sha256(f"{GENESIS}\n{body}".encode()).hexdigest()
     assert entry_hash(GENESIS, 1, text, text, text, {}) == expected
+
+
+async def test_record_soon_writes_are_durable_and_a_backlog_makes_producers_wait(
+    tmp_path: Path,
+) -> None:
+    from gateway.store.sqlite import MAX_BACKLOG
+
+    path = tmp_path / "s.db"
+    count = MAX_BACKLOG + 10
+    async with SqliteStore(path) as store:
+        for i in range(count):  # faster than any disk: the writer has not run yet
+            store.record_soon([], [LedgerDraft("w", Stage.ATTEMPT, datetime.now(UTC), {"i": i})])
+        assert store.lagging()
+        await asyncio.wait_for(store.caught_up(), 30)
+        assert not store.lagging()
+    async with SqliteStore(path) as store:  # closing wrote what was still queued
+        assert await verify(store.ledger()) == count
+        assert [e.data["i"] for e in await store.entries_for("w")] == list(range(count))

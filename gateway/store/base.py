@@ -160,6 +160,16 @@ class Store(Protocol):
         sent again (same idempotency key) after a restart. A failed write is logged."""
         ...
 
+    def lagging(self) -> bool:
+        """Whether so many `record_soon` writes are queued that their producer should wait
+        (`caught_up`): a slow disk must slow the dispatch, not let outcomes that are not yet
+        durable, and so duplicates after a crash, pile up."""
+        ...
+
+    async def caught_up(self) -> None:
+        """Return once the queued writes are down to a batch or so."""
+        ...
+
     async def escalate(
         self,
         warning_id: str,

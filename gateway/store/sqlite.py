@@ -41,6 +41,8 @@ _T = TypeVar("_T")
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 MAX_BATCH = 256
+MAX_BACKLOG = 2 * MAX_BATCH
+"""Queued writes beyond which `lagging` asks producers of outcomes to wait for the disk."""
 BUSY_TIMEOUT_MS = 10_000
 LEDGER_PAGE = 1000
 
@@ -260,6 +262,7 @@ class SqliteStore:
         self.path = path
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._committed = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._w: sqlite3.Connection | None = None
         self._r: aiosqlite.Connection | None = None
@@ -353,6 +356,15 @@ class SqliteStore:
         )
         await self._submit(write)
 
+    def lagging(self) -> bool:
+        return self._queue.qsize() > MAX_BACKLOG
+
+    async def caught_up(self) -> None:
+        while self._queue.qsize() > MAX_BACKLOG // 2:
+            self._check_open()
+            self._committed.clear()
+            await self._committed.wait()
+
     def _check_open(self) -> None:
         if self._writer is None or self._writer.done():
             raise RuntimeError("the store is not open")
@@ -383,10 +395,12 @@ class SqliteStore:
                 for w in batch:
                     if w.done is not None and not w.done.done():
                         w.done.set_exception(exc)
+                self._committed.set()
                 continue
             for w, r in zip(batch, results, strict=True):
                 if w.done is not None and not w.done.done():
                     w.done.set_result(r)
+            self._committed.set()
 
     async def _commit(self, batch: list[_Write]) -> list[tuple[StoredWarning, bool] | None]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
