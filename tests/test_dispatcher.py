@@ -177,6 +177,69 @@ async def test_a_stalled_lead_holds_no_one_back(tmp_path: Path, make_client: Mak
     assert state["channels"]["mqtt"]["pending"] == 22
 
 
+@dataclass
+class HangsOnChannel(Channel):
+    """A test double: sends of warning `hang_on` never end (until cancelled); others succeed;
+    an error that is not a DeliveryError is raised `bugs` times first (an adapter bug)."""
+
+    name: ClassVar[str] = "sms"
+    hang_on: str = ""
+    bugs: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    hanging: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def send(self, message: Message) -> Outcome:
+        if message.notice.id == self.hang_on:
+            self.hanging.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(message.delivery_id)
+                raise
+        if self.bugs:
+            self.bugs -= 1
+            raise KeyError("adapter bug")
+        self.delivered.append(message.delivery_id)
+        return Outcome(delivered=True)
+
+
+async def test_a_superseded_send_in_flight_is_interrupted_and_the_worker_goes_on(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    config = fanout_config(tmp_path, channels={"sms": "{provider: stub, concurrency: 1}"})
+    first = warning_body(area={"townships": ["500103001"]})
+    channel = HangsOnChannel(hang_on=first["id"])
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": channel})
+    await post_warning(api, first)
+    async with asyncio.timeout(10):
+        await channel.hanging.wait()  # the one worker is now stuck in the send
+        update = warning_body(
+            msg_type="update", references=first["id"], area={"townships": ["500103003"]}
+        )
+        await post_warning(api, update)  # returns although the old send never would
+    assert channel.cancelled == [f"{first['id']}/500103001-sms"]
+    state = await settled(api, update["id"])
+    assert state["channels"]["sms"]["delivered"] == 1  # the same (only) worker sent it
+    assert channel.delivered == [f"{update['id']}/500103003-sms"]
+    old = await (await api.get(f"/v1/warnings/{first['id']}")).json()
+    assert old["status"] == "superseded"
+    assert old["channels"]["sms"]["stopped"] == 1
+    assert old["channels"]["sms"]["delivered"] == 0
+
+
+async def test_an_adapter_bug_is_retried_not_lost(tmp_path: Path, make_client: MakeClient) -> None:
+    config = fanout_config(tmp_path)
+    channel = HangsOnChannel(bugs=2)
+    api = await make_client(load_settings(config, _env(tmp_path)), channels={"sms": channel})
+    body = warning_body(area={"townships": ["500103001"]})
+    await post_warning(api, body)
+    state = await settled(api, body["id"])
+    assert state["channels"]["sms"]["delivered"] == 1
+    attempts = [e["data"] for e in await ledger(api, body["id"]) if e["stage"] == "attempt"]
+    assert [a.get("error") for a in attempts] == ["unexpected KeyError"] * 2 + [None]
+
+
 def test_lead_gate_holds_only_as_urgent_deliveries_while_the_lead_progresses() -> None:
     now = [0.0]
     gate = LeadGate(0.25, clock=lambda: now[0])
