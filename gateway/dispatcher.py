@@ -297,8 +297,6 @@ class Dispatcher:
                 outcome = await runtime.channel.send(Message(rec.id, job.notice, endpoint, n))
         except DeliveryError as exc:
             error = exc
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # an adapter bug must not lose the delivery
             log.exception("channel %s failed unexpectedly on %s", rec.channel, rec.id)
             error = TransientDeliveryError(f"unexpected {type(exc).__name__}")

@@ -4,8 +4,8 @@ One writer task commits whatever is queued as one transaction (`synchronous=FULL
 commit), so concurrent ingests and delivery outcomes share one fsync. The writer alone extends
 the hash chain, which keeps the ledger strictly ordered. The write connection lives on a thread
 of its own, and a batch's statements and commit run there in one call: the event loop hands a
-batch over once instead of once per statement. Reads use a second connection
-(aiosqlite) and so never see a transaction that has not committed.
+batch over once instead of once per statement. Reads use a second connection (aiosqlite) and
+so never see a transaction that has not committed.
 """
 
 from __future__ import annotations
