@@ -56,6 +56,7 @@ CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
 LEAD_CHANNEL = "mqtt"
 """Boards and loudspeakers reach everyone in an area at once: their deliveries go first."""
 LEAD_STALL_S = 0.25
+LEAD_MAX_HOLD_S = 1.0
 CLEAR_GRACE_S = 3600.0
 _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
@@ -125,7 +126,7 @@ class Dispatcher:
         self._sending: dict[asyncio.Task[Any], _Job] = {}
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
-        self._lead = LeadGate(LEAD_STALL_S) if LEAD_CHANNEL in runtimes else None
+        self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
         self._closing = False
 
     async def __aenter__(self) -> Self:

@@ -78,16 +78,21 @@ class LeadGate:
     """Lets one lead channel go first: the boards and loudspeakers, which reach everyone in an
     area at once. Other channels' workers hold back while the lead has queued deliveries as
     urgent as theirs (level number as low or lower) and is making progress; a lead that has
-    finished no send for `stall_s` seconds (a broker down, say) holds no one back.
+    finished no send for `stall_s` seconds (a broker down, say) holds no one back, and no one is
+    held back more than `max_hold_s` after the lead's backlog began (a slow broker).
 
     The lead's workers report `queued`, `taken` and `progressed`; the others ask `holds` and
     `wait` before each send. On one core this only changes the order of work, not its sum."""
 
     LEVELS = 5
 
-    def __init__(self, stall_s: float, *, clock: Monotonic = time.monotonic) -> None:
+    def __init__(
+        self, stall_s: float, max_hold_s: float, *, clock: Monotonic = time.monotonic
+    ) -> None:
         self.stall_s = stall_s
+        self.max_hold_s = max_hold_s
         self._clock = clock
+        self._since = -math.inf
         self._backlog = [0] * (self.LEVELS + 1)  # queued lead deliveries by level
         self._queued = 0
         self._last = -math.inf
@@ -96,7 +101,7 @@ class LeadGate:
 
     def queued(self, level: int) -> None:
         if self._queued == 0:
-            self._last = self._clock()  # a fresh backlog gets its stall time from now
+            self._since = self._last = self._clock()  # a fresh backlog: its times start now
             self._drained.clear()
         self._queued += 1
         self._backlog[min(level, self.LEVELS)] += 1
@@ -112,7 +117,10 @@ class LeadGate:
 
     def holds(self, level: int) -> bool:
         """Whether a delivery of `level` on another channel should wait now."""
-        if self._queued == 0 or self._clock() - self._last >= self.stall_s:
+        now = self._clock()
+        if self._queued == 0 or now - self._last >= self.stall_s:
+            return False
+        if now - self._since >= self.max_hold_s:
             return False
         return any(self._backlog[: min(level, self.LEVELS) + 1])
 

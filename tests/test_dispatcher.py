@@ -242,7 +242,7 @@ async def test_an_adapter_bug_is_retried_not_lost(tmp_path: Path, make_client: M
 
 def test_lead_gate_holds_only_as_urgent_deliveries_while_the_lead_progresses() -> None:
     now = [0.0]
-    gate = LeadGate(0.25, clock=lambda: now[0])
+    gate = LeadGate(0.25, 10, clock=lambda: now[0])
     assert not gate.holds(1)  # nothing queued
     gate.queued(4)  # a blue board message
     assert gate.holds(4)
@@ -261,8 +261,21 @@ def test_lead_gate_holds_only_as_urgent_deliveries_while_the_lead_progresses() -
     assert not gate.holds(4)  # drained
 
 
+def test_lead_gate_holds_no_one_back_for_long_behind_a_slow_lead() -> None:
+    now = [0.0]
+    gate = LeadGate(0.25, 1.0, clock=lambda: now[0])
+    gate.queued(1)
+    for _ in range(4):  # a slow broker: one PUBACK every 0.2 s
+        assert gate.holds(2)
+        now[0] += 0.2
+        gate.progressed()
+    now[0] += 0.2
+    gate.progressed()
+    assert not gate.holds(2)  # 1 s since its backlog began
+
+
 async def test_lead_gate_wait_ends_when_the_backlog_drains() -> None:
-    gate = LeadGate(60)
+    gate = LeadGate(60, 60)
     gate.queued(2)
     waiter = asyncio.create_task(gate.wait())
     await asyncio.sleep(0)
