@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.channels.base import (
     Endpoint,
@@ -407,5 +409,11 @@ def test_publish_properties_are_shared_per_expiry() -> None:
         "ContentType": "application/json",
     }
     assert _publish_properties(7200) is properties
+    # Packed once and kept: the bytes are those paho's own Properties would pack.
+    plain = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    plain.MessageExpiryInterval = 7200
+    plain.PayloadFormatIndicator = 1
+    plain.ContentType = "application/json"
+    assert properties.pack() == plain.pack()  # type: ignore[no-untyped-call]
     other = _publish_properties(7199).json()  # type: ignore[no-untyped-call]
     assert other["MessageExpiryInterval"] == 7199

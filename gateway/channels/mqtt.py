@@ -406,14 +406,27 @@ def _parse_at(value: object) -> datetime:
     return at
 
 
+class _PackedProperties(Properties):
+    """Properties that paho packs once: it packs them again for every PUBLISH otherwise,
+    which cost more than the rest of a publish. Only for properties never modified after."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            self.__dict__["_packed"] = packed  # past paho's __setattr__, which only takes names
+        return packed
+
+
 @functools.lru_cache(maxsize=PROPERTIES_CACHE)
 def _publish_properties(expiry: int) -> Properties:
     """MQTT 5 PUBLISH properties: expiry after `expiry` seconds, UTF-8 JSON. Shared: never
     modify the result (paho only packs it)."""
-    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties = _PackedProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     properties.MessageExpiryInterval = expiry
     properties.PayloadFormatIndicator = 1
     properties.ContentType = "application/json"
+    properties.pack()  # packed now, before anyone can share it
     return properties
 
 
