@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import cast
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from gateway.channels.base import TransientDeliveryError
 
@@ -33,11 +38,13 @@ class RetryPolicy:
         """Seconds to wait after attempt number `attempt` (counted across restarts) failed with
         `error`; None when the delivery gives up: no attempt left, or the wait would reach
         `left_s`, the seconds left before the deadline (the warning's expiry)."""
-        if attempt >= self.attempts:
-            return None
         backoff = wait_exponential_jitter(
             multiplier=self.initial_s, max=self.max_s, jitter=self.jitter_s
         )
-        state = cast(RetryCallState, SimpleNamespace(attempt_number=attempt))
-        delay = max(float(backoff(state)), error.retry_after or 0.0)
-        return delay if delay < left_s else None
+        stop = stop_after_attempt(self.attempts) | stop_before_delay(left_s)
+        # The strategies read only these fields; the wait is decided now and slept elsewhere
+        # (the delivery is put back in its queue), so tenacity's retry loop is not used.
+        state = SimpleNamespace(attempt_number=attempt, seconds_since_start=0.0, upcoming_sleep=0.0)
+        wait = max(float(backoff(cast(RetryCallState, state))), error.retry_after or 0.0)
+        state.upcoming_sleep = wait
+        return None if stop(cast(RetryCallState, state)) else wait
