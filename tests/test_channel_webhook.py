@@ -236,6 +236,31 @@ async def test_bad_secret_is_permanent_and_nothing_is_sent(
     assert receiver.requests() == []
 
 
+async def test_json_body_is_the_whole_payload_for_each_warning(channel: WebhookChannel) -> None:
+    # The document part is encoded once per warning; it must never leak into another.
+    import json
+    from dataclasses import replace
+
+    first = message()
+    # An update of the same warning id with other content (a new Notice object).
+    changed = Notice.from_document({**first.notice.document, "title": "另一条预警"})
+    second = replace(first, notice=changed, delivery_id="d-second")
+    for msg in (first, second, first, replace(first, delivery_id="d-again")):
+        now = datetime.now(UTC)
+        body, headers = channel.build_request(msg, now)
+        payload = {
+            "type": f"warning.{msg.notice.msg_type}",
+            "timestamp": now.isoformat(),
+            "data": {
+                **msg.notice.document,
+                "colour": msg.notice.colour,
+                "delivery_id": msg.delivery_id,
+            },
+        }
+        assert body == json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        assert Webhook(SECRET).verify(body, headers)["data"]["delivery_id"] == msg.delivery_id
+
+
 async def test_signature_does_not_verify_after_tampering(channel: WebhookChannel) -> None:
     msg = message()
     body, headers = channel.build_request(msg, datetime.now(UTC))

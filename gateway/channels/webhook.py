@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import json
 import logging
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import ClassVar, Self
@@ -35,6 +36,7 @@ from gateway.channels.base import (
     Channel,
     EndpointGone,
     Message,
+    Notice,
     Outcome,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -52,9 +54,15 @@ SECRET_PREFIX = "whsec_"
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 """Answers whose `Retry-After` is honoured (RFC 9110 defines it for these)."""
+BODY_CACHE = 64
+"""Warnings whose JSON document part a channel keeps, oldest dropped first."""
+KEYS_CACHE = 4096
+"""Endpoint secrets whose decoded keys are kept (one entry per partner endpoint)."""
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def signing_keys(secret: str | None, endpoint_id: str) -> list[bytes]:
+@functools.lru_cache(maxsize=KEYS_CACHE)
+def signing_keys(secret: str | None, endpoint_id: str) -> tuple[bytes, ...]:
     """The HMAC keys of a (space-separated) `whsec_<base64>` secret string.
 
     Raises PermanentDeliveryError naming the endpoint (never the secret) when a secret is
@@ -77,15 +85,14 @@ def signing_keys(secret: str | None, endpoint_id: str) -> list[bytes]:
                 f"{SECRET_PREFIX}<base64>"
             )
         keys.append(key)
-    return keys
+    return tuple(keys)
 
 
-def sign(keys: list[bytes], webhook_id: str, timestamp: int, body: bytes) -> str:
+def sign(keys: Sequence[bytes], webhook_id: str, timestamp: int, body: bytes) -> str:
     """The `webhook-signature` header: `v1,<base64>` per key, space-separated."""
     content = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-        for key in keys
+        "v1," + base64.b64encode(hmac.digest(key, content, "sha256")).decode() for key in keys
     )
 
 
@@ -108,6 +115,7 @@ class WebhookChannel(Channel):
         self.default_timeout = default_timeout
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        self._data_heads: dict[str, tuple[Notice, bytes]] = {}
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -141,16 +149,7 @@ class WebhookChannel(Channel):
             body = document_to_cap(notice.document, sender=self.cap_sender)
             content_type = CAP_CONTENT_TYPE
         else:
-            payload = {
-                "type": f"warning.{notice.msg_type}",
-                "timestamp": now.astimezone(UTC).isoformat(),
-                "data": {
-                    **notice.document,
-                    "colour": notice.colour,
-                    "delivery_id": message.delivery_id,
-                },
-            }
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            body = self._json_body(notice, message.delivery_id, now)
             content_type = "application/json"
         timestamp = math.floor(now.timestamp())
         headers = {
@@ -162,6 +161,29 @@ class WebhookChannel(Channel):
             "webhook-signature": sign(keys, message.delivery_id, timestamp, body),
         }
         return body, headers
+
+    def _json_body(self, notice: Notice, delivery_id: str, now: datetime) -> bytes:
+        """`{"type", "timestamp", "data": {**document, "colour", "delivery_id"}}` as compact
+        UTF-8 JSON; the document part is encoded once per warning, not once per partner."""
+        cached = self._data_heads.get(notice.id)
+        if cached is None or cached[0] is not notice:
+            data = {**notice.document, "colour": notice.colour}
+            data.pop("delivery_id", None)  # never a warning field: the delivery's own id goes last
+            head = _JSON.encode(data)[:-1].encode() + b',"delivery_id":'
+            cached = (notice, head)
+            self._data_heads[notice.id] = cached
+            if len(self._data_heads) > BODY_CACHE:
+                del self._data_heads[next(iter(self._data_heads))]
+        kind = _JSON.encode(f"warning.{notice.msg_type}")
+        stamp = _JSON.encode(now.astimezone(UTC).isoformat())
+        return b"".join(
+            (
+                f'{{"type":{kind},"timestamp":{stamp},"data":'.encode(),
+                cached[1],
+                _JSON.encode(delivery_id).encode(),
+                b"}}",
+            )
+        )
 
     async def send(self, message: Message) -> Outcome:
         """POST the signed notice; see the module docstring for how answers map to errors."""
