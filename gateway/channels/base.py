@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from gateway.exceptions import GatewayError
 
@@ -166,6 +166,29 @@ class Receipt:
     warning_id: str | None = None
     endpoint_id: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+_T = TypeVar("_T")
+
+
+class PerWarning(Generic[_T]):
+    """What a channel renders once per warning (SMS parts, a JSON document) for the `size`
+    most recent warnings. Keyed by warning id and checked by identity, so an update that
+    reuses an id with other content (another Notice) is rendered afresh."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: dict[str, tuple[Notice, _T]] = {}
+
+    def get(self, notice: Notice, render: Callable[[Notice], _T]) -> _T:
+        cached = self._items.get(notice.id)
+        if cached is not None and cached[0] is notice:
+            return cached[1]
+        value = render(notice)
+        self._items[notice.id] = (notice, value)
+        if len(self._items) > self.size:
+            del self._items[next(iter(self._items))]  # the oldest
+        return value
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -30,6 +30,7 @@ from gateway.channels.base import (
     Notice,
     Outcome,
     PermanentDeliveryError,
+    PerWarning,
     Receipt,
     TransientDeliveryError,
     parse_retry_after,
@@ -82,6 +83,10 @@ def segments(text: str) -> list[str]:
         used += width
     parts.append(text[start:])
     return parts
+
+
+def _sms_parts(notice: Notice) -> tuple[str, ...]:
+    return tuple(segments(sms_text(notice)))
 
 
 def sms_text(notice: Notice) -> str:
@@ -290,18 +295,7 @@ class SmsChannel(Channel):
 
     def __init__(self, provider: SmsProvider | None = None) -> None:
         self.provider = provider if provider is not None else StubProvider()
-        self._segmented: dict[str, tuple[Notice, tuple[str, ...]]] = {}
-
-    def _parts(self, notice: Notice) -> tuple[str, ...]:
-        """`segments(sms_text(notice))`, computed once per warning (the most recent ones)."""
-        cached = self._segmented.get(notice.id)
-        if cached is not None and cached[0] is notice:
-            return cached[1]
-        parts = tuple(segments(sms_text(notice)))
-        self._segmented[notice.id] = (notice, parts)
-        if len(self._segmented) > SEGMENT_CACHE:
-            del self._segmented[next(iter(self._segmented))]
-        return parts
+        self._parts: PerWarning[tuple[str, ...]] = PerWarning(SEGMENT_CACHE)
 
     async def __aenter__(self) -> Self:
         await self.provider.__aenter__()
@@ -319,7 +313,7 @@ class SmsChannel(Channel):
         phones = message.endpoint.recipients
         if not phones:
             raise PermanentDeliveryError(f"SMS endpoint {message.endpoint.id} has no recipients")
-        parts = self._parts(message.notice)
+        parts = self._parts.get(message.notice, _sms_parts)
         answer = await self.provider.submit(message.delivery_id, phones, parts)
         log.debug(
             "SMS %s submitted: %d segment(s) to %d phone(s) of %s",

@@ -39,6 +39,7 @@ from gateway.channels.base import (
     Notice,
     Outcome,
     PermanentDeliveryError,
+    PerWarning,
     TransientDeliveryError,
     parse_retry_after,
 )
@@ -115,7 +116,7 @@ class WebhookChannel(Channel):
         self.default_timeout = default_timeout
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
-        self._data_heads: dict[str, tuple[Notice, bytes]] = {}
+        self._data_heads: PerWarning[bytes] = PerWarning(BODY_CACHE)
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -165,21 +166,13 @@ class WebhookChannel(Channel):
     def _json_body(self, notice: Notice, delivery_id: str, now: datetime) -> bytes:
         """`{"type", "timestamp", "data": {**document, "colour", "delivery_id"}}` as compact
         UTF-8 JSON; the document part is encoded once per warning, not once per partner."""
-        cached = self._data_heads.get(notice.id)
-        if cached is None or cached[0] is not notice:
-            data = {**notice.document, "colour": notice.colour}
-            data.pop("delivery_id", None)  # never a warning field: the delivery's own id goes last
-            head = _JSON.encode(data)[:-1].encode() + b',"delivery_id":'
-            cached = (notice, head)
-            self._data_heads[notice.id] = cached
-            if len(self._data_heads) > BODY_CACHE:
-                del self._data_heads[next(iter(self._data_heads))]
+        head = self._data_heads.get(notice, _data_head)
         kind = _JSON.encode(f"warning.{notice.msg_type}")
         stamp = _JSON.encode(now.astimezone(UTC).isoformat())
         return b"".join(
             (
                 f'{{"type":{kind},"timestamp":{stamp},"data":'.encode(),
-                cached[1],
+                head,
                 _JSON.encode(delivery_id).encode(),
                 b"}}",
             )
@@ -222,6 +215,13 @@ class WebhookChannel(Channel):
                 reason, retry_after=retry_after if status in RETRY_AFTER_STATUSES else None
             )
         raise PermanentDeliveryError(reason)
+
+
+def _data_head(notice: Notice) -> bytes:
+    """`{**document, "colour", "delivery_id":` as compact JSON, the delivery id to follow."""
+    data = {**notice.document, "colour": notice.colour}
+    data.pop("delivery_id", None)  # never a warning field: the delivery's own id goes last
+    return _JSON.encode(data)[:-1].encode() + b',"delivery_id":'
 
 
 async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
