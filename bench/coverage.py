@@ -58,7 +58,9 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.clients import Client
 from gateway.config import REPO_CONFIG
+from gateway.endpoints import EndpointBook
 from gateway.ledger import LedgerDraft, Stage
 from gateway.model import as_json_dict, parse_warning
 from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
@@ -301,7 +303,7 @@ class Api:
             return answer
 
     async def get_raw(self, path: str) -> bytes:
-        async with self.http.get(self.base + path) as r:
+        async with self.http.get(self.base + path, headers=self.auth) as r:
             raw = await r.read()
             if r.status != 200:
                 raise SystemExit(f"GET {path}: {r.status} {raw[:300]!r}")
@@ -451,7 +453,9 @@ async def per_call_us(n: int, call: Callable[[], Awaitable[object]]) -> float:
 async def manual_batches(
     store: SqliteStore, registry: Registry, districts: Sequence[str], opts: Options, run: CpuRun
 ) -> None:
-    desk = ReceiptDesk(store, lambda: datetime.now(UTC))
+    book = EndpointBook.load(REPO_CONFIG / "endpoints.yaml", registry, {})
+    desk = ReceiptDesk(store, lambda: datetime.now(UTC), book, registry)
+    confirmer = Client("bench")
     townships = registry.expand(districts)
     now = datetime.now(UTC)
     for r in range(opts.rounds + 1):  # round 0 is a warm-up
@@ -470,7 +474,7 @@ async def manual_batches(
             for i in range(opts.batch)
         ]
         c0, l0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
-        await asyncio.gather(*(desk.manual(c, registry) for c in batch))
+        await asyncio.gather(*(desk.manual(c, registry, confirmer) for c in batch))
         c1, l1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
         if r:
             run.process_cpu_ms.append((c1 - c0) * 1000 / opts.batch)

@@ -99,7 +99,11 @@ async def run(townships: int, groups: int) -> None:
             planned = (await resp.json())["deliveries"]
             accepted = time.perf_counter()
             while True:
-                state = await (await client.get(f"/v1/warnings/{body['id']}")).json()
+                state = await (
+                    await client.get(
+                        f"/v1/warnings/{body['id']}", headers={"Authorization": f"Bearer {TOKEN}"}
+                    )
+                ).json()
                 sms = state["channels"]["sms"]
                 if sms["pending"] == 0:
                     break

@@ -1,7 +1,7 @@
 """HTTP routes of design.md's contract (aiohttp web layer).
 
-Errors are JSON `{code, message, errors?}`. Writes need a client's bearer token; reads of a
-warning's state and receipts are open, as design.md's contract lists no 401 for them.
+Errors are JSON `{code, message, errors?}`. Every route but /healthz and /openapi.json needs a
+client's bearer token and the route's scope (`requires`); reads mask personal data (`masking`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.cap import DEFAULT_CAP_SENDER, cap_to_document, document_to_cap
-from gateway.clients import Authenticator
+from gateway.clients import Scope
 from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
+from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
 from gateway.ingest import Ingest, utc_now
+from gateway.masking import mask
 from gateway.metrics import Metrics
 from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
 from gateway.release_list import ReleaseList
@@ -35,7 +37,6 @@ log = logging.getLogger("gateway.api")
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 INGEST = web.AppKey("ingest", Ingest)
-AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body", int)
 REGISTRY = web.AppKey("registry", Registry)
@@ -44,20 +45,13 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 RECEIPTS = web.AppKey("receipts", ReceiptDesk)
 TRACKER = web.AppKey("tracker", CoverageTracker)
 RELEASE_LIST = web.AppKey("release_list", ReleaseList)
+PUBLIC_METRICS = web.AppKey("public_metrics", bool)
 MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
 CAP_TYPE = "application/cap+xml"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(body: object, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, ensure_ascii=False),
-        status=status,
-        content_type="application/json",
-    )
 
 
 @web.middleware
@@ -98,6 +92,7 @@ async def post_warning(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     try:
         client = app[AUTH].authenticate(request.headers.get("Authorization"))
+        client.require(Scope.SUBMIT)
         ctype = request.content_type
         if ctype not in (*JSON_TYPES, CAP_TYPE) and request.headers.get("Content-Type"):
             raise UnsupportedMedia(
@@ -129,6 +124,7 @@ def wants_cap(request: web.Request) -> bool:
     return CAP_TYPE in request.headers.get("Accept", "")
 
 
+@requires(Scope.READ)
 async def get_warning(request: web.Request) -> web.Response:
     wid = request.match_info["id"]
     stored = await request.app[STORE].get_warning(wid)
@@ -144,7 +140,7 @@ async def get_warning(request: web.Request) -> web.Response:
     if status == "active" and utc_now() >= stored.expires_at:
         status = "expired"
     w = stored.warning
-    return json_response(
+    return read_response(
         {
             "id": stored.id,
             "status": status,
@@ -198,6 +194,7 @@ def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
     return out
 
 
+@requires(Scope.READ)
 async def get_deliveries(request: web.Request) -> web.Response:
     """Every delivery of a warning; `?state=failed` lists the dead letters."""
     wid = request.match_info["id"]
@@ -207,9 +204,10 @@ async def get_deliveries(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state:
         deliveries = [d for d in deliveries if d.state == state]
-    return json_response({"warning_id": wid, "deliveries": [delivery_json(d) for d in deliveries]})
+    return read_response({"warning_id": wid, "deliveries": [delivery_json(d) for d in deliveries]})
 
 
+@requires(Scope.READ)
 async def get_coverage(request: web.Request) -> web.Response:
     """Per township: covered (by what, when) or pending, blind spot, escalated (art. 20)."""
     wid = request.match_info["id"]
@@ -219,22 +217,25 @@ async def get_coverage(request: web.Request) -> web.Response:
         raise NotFound(f"no warning {wid}")
     rows = await store.coverage_for(wid)
     deadline = request.app[TRACKER].deadline(stored)
-    return json_response(coverage_report(stored, rows, request.app[REGISTRY], deadline))
+    return read_response(coverage_report(stored, rows, request.app[REGISTRY], deadline))
 
 
+@requires(None)
 async def post_receipt(request: web.Request) -> web.Response:
+    """A receipt from its source only (design.md "Trust"); the scope depends on its kind."""
     app = request.app
-    client = app[AUTH].authenticate(request.headers.get("Authorization"))
+    client = request[CLIENT]
     raw = await read_body(request, MAX_RECEIPT_BODY)
     receipt = parse_receipt(raw, utc_now())
     if isinstance(receipt, ManualConfirmation):
-        data = await app[RECEIPTS].manual(receipt, app[REGISTRY])
+        data = await app[RECEIPTS].manual(receipt, app[REGISTRY], client)
         log.info("manual confirmation for %s by client %s", receipt.warning_id, client.name)
-        return json_response({"status": "recorded", **data}, 202)
-    rec = await app[RECEIPTS].apply(receipt)
-    return json_response({"status": "recorded", "delivery_id": rec.id, "state": rec.state}, 202)
+        return json_response({"status": "recorded", **mask(data)}, 202)
+    outcome = await app[RECEIPTS].report(receipt, client)
+    return json_response(outcome.answer(), 202)
 
 
+@requires(Scope.READ)
 async def get_receipts(request: web.Request) -> web.Response:
     wid = request.match_info["id"]
     entries = await request.app[STORE].entries_for(wid)
@@ -249,7 +250,7 @@ async def get_receipts(request: web.Request) -> web.Response:
     stages: dict[str, float] = {}
     for item in out:
         stages.setdefault(item["stage"], item["elapsed_ms"])
-    return json_response({"warning_id": wid, "entries": out, "stage_elapsed_ms": stages})
+    return read_response({"warning_id": wid, "entries": out, "stage_elapsed_ms": stages})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -262,6 +263,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; behind `read` unless gateway.yaml has `metrics.public: true`."""
+    if not request.app[PUBLIC_METRICS]:
+        client = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+        client.require(Scope.READ)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -10,12 +10,12 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from gateway.api import (
-    AUTH,
     BOOK,
     DISPATCHER,
     INGEST,
     MAX_BODY,
     METRICS,
+    PUBLIC_METRICS,
     RECEIPTS,
     REGISTRY,
     RELEASE_LIST,
@@ -31,7 +31,9 @@ from gateway.config import Settings
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
+from gateway.exceptions import ConfigError
 from gateway.flow import CircuitBreaker, RateLimiter
+from gateway.guard import AUTH
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
@@ -64,8 +66,10 @@ def build_app(
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.max_body_bytes + 1
     )
+    _check_partners(settings, book)
     app[METRICS] = Metrics()
     app[AUTH] = Authenticator(settings.clients)
+    app[PUBLIC_METRICS] = settings.metrics.public
     app[MAX_BODY] = settings.max_body_bytes
     app[REGISTRY] = registry
     app[RELEASE_LIST] = release_list
@@ -75,7 +79,7 @@ def build_app(
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings.store_url))
             app[STORE] = store
-            desk = ReceiptDesk(store, clock, book)
+            desk = ReceiptDesk(store, clock, book, registry)
             app[RECEIPTS] = desk
             built = channels if channels is not None else build_channels(settings, book, desk.sink)
             runtimes = {}
@@ -124,3 +128,16 @@ def build_app(
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app
+
+
+def _check_partners(settings: Settings, book: EndpointBook) -> None:
+    """Every client's `partners` names a webhook partner of endpoints.yaml."""
+    for client in settings.clients:
+        for pid in sorted(client.partners):
+            endpoint = book.by_id.get(pid)
+            if endpoint is None or endpoint.channel != "webhook":
+                raise ConfigError(
+                    str(settings.config_dir / "gateway.yaml"),
+                    f"clients.{client.name}.partners",
+                    f"{pid} is not a partner in endpoints.yaml",
+                )

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.clients import Client, with_tokens
+from gateway.clients import DEFAULT_SCOPES, Client, Scope, with_tokens
 from gateway.exceptions import ConfigError
 from gateway.policies.retry import (
     DEFAULT_ATTEMPTS,
@@ -39,6 +39,14 @@ class _ClientFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     districts: list[str] = Field(default=[], description="6-digit district codes")
     temporary_release: bool = False
+    scopes: list[Scope] = Field(default=sorted(DEFAULT_SCOPES), min_length=1)
+    partners: list[str] = Field(default=[], description="partner ids (partner_acks)")
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    public: bool = False
+    """Whether GET /metrics answers without a `read` token (a scraper on a private network)."""
 
 
 class _IngestFile(BaseModel):
@@ -135,6 +143,7 @@ class _GatewayFile(BaseModel):
     channels: ChannelsSettings = ChannelsSettings()
     breaker: BreakerSettings = BreakerSettings()
     coverage: CoverageSettings = CoverageSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,7 @@ class Settings:
     channels: ChannelsSettings
     breaker: BreakerSettings
     coverage: CoverageSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from; webhook secrets are looked up in it."""
@@ -216,6 +226,32 @@ def check_url(value: str, scheme: str, source: str, key: str) -> str:
     return value
 
 
+def _clients(
+    path: Path, clients: Mapping[str, _ClientFile], env: Mapping[str, str]
+) -> list[Client]:
+    """The API clients of gateway.yaml, checked, with their tokens from `env`."""
+    for name, c in clients.items():
+        for i, d in enumerate(c.districts):
+            if not (len(d) == 6 and d.isdigit()):
+                raise ConfigError(str(path), f"clients.{name}.districts[{i}]", "not a 6-digit code")
+        if c.partners and Scope.PARTNER_ACKS not in c.scopes:
+            raise ConfigError(str(path), f"clients.{name}.partners", "needs the partner_acks scope")
+    return with_tokens(
+        (
+            Client(
+                n,
+                None,
+                frozenset(c.districts),
+                c.temporary_release,
+                frozenset(c.scopes),
+                frozenset(c.partners),
+            )
+            for n, c in clients.items()
+        ),
+        env,
+    )
+
+
 def load_settings(
     config_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -231,11 +267,6 @@ def load_settings(
     path = config_dir / "gateway.yaml"
     raw = load_yaml(path) if path.exists() else {}
     data = parse_model(path, raw, _GatewayFile)
-    for name, c in data.clients.items():
-        for i, d in enumerate(c.districts):
-            if not (len(d) == 6 and d.isdigit()):
-                raise ConfigError(str(path), f"clients.{name}.districts[{i}]", "not a 6-digit code")
-
     host, port = parse_listen(data.listen, str(path), "listen")
     if env.get("GATEWAY_LISTEN"):
         host, port = parse_listen(env["GATEWAY_LISTEN"], "environment", "GATEWAY_LISTEN")
@@ -270,13 +301,7 @@ def load_settings(
         if var and env.get(var)
     }
 
-    clients = with_tokens(
-        (
-            Client(n, None, frozenset(c.districts), c.temporary_release)
-            for n, c in data.clients.items()
-        ),
-        env,
-    )
+    clients = _clients(path, data.clients, env)
     return Settings(
         config_dir=config_dir,
         host=host,
@@ -287,6 +312,7 @@ def load_settings(
         channels=channels,
         breaker=data.breaker,
         coverage=data.coverage,
+        metrics=data.metrics,
         secrets=secrets,
         env=dict(env),
     )

@@ -405,7 +405,8 @@ class Dispatcher:
                     seen.add(t)
                     covers.append(Cover(rec.warning_id, t, now, by))
         self.store.record_soon(
-            [DeliveryUpdate(rec.id, state, n, detail)],
+            # When the send began (the attempt entry has it too): an earlier receipt is refused.
+            [DeliveryUpdate(rec.id, state, n, {**detail, "sent_at": started.isoformat()})],
             [
                 LedgerDraft(rec.warning_id, Stage.ATTEMPT, started, _entry(rec, endpoint, n)),
                 LedgerDraft(rec.warning_id, stage, now, _entry(rec, endpoint, n, detail)),

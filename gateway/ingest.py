@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +25,13 @@ from gateway.exceptions import (
     InvalidWarning,
     NotFound,
     Refused,
+    RequestError,
 )
 from gateway.ledger import LedgerDraft, Stage, canonical_json
 from gateway.lifecycle import Lifecycle, clear_deliveries
 from gateway.metrics import Metrics
 from gateway.model import MsgType, Warning, as_json_dict, parse_warning
-from gateway.policies.authority import AuthorityPolicy
+from gateway.policies.authority import AuthorityPolicy, Authorization, check_issuing_unit
 from gateway.policies.routing import Plan, delivery_id, plan
 from gateway.store import Store, StoredWarning
 from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
@@ -81,22 +84,20 @@ class Ingest:
         doc = _json_object(raw)
         digest = body_hash(doc)
         wid = doc.get("id")
-        if isinstance(wid, str):
-            prior = await self.store.get_warning(wid)
-            if prior is not None:
-                return self._replay(prior, digest)
-        warning = parse_warning(raw, registry=self.registry, now=received_at)
-        replaced = await self._replaced(warning, received_at)
         received = LedgerDraft(
-            warning.id, Stage.RECEIVED, received_at, {"client": client.name, "body_hash": digest}
+            wid if isinstance(wid, str) else "",
+            Stage.RECEIVED,
+            received_at,
+            {"client": client.name, "body_hash": digest},
         )
-        try:
-            authorization = self.authority.authorize(warning, client)
-        except Refused as refusal:
-            self.metrics.refusals.labels(refusal.code).inc()
-            rejected = LedgerDraft(warning.id, Stage.REJECTED, self.clock(), refusal.body())
-            await self.store.append([received, rejected])
-            raise
+        async with self._refusals_recorded(received):
+            if isinstance(wid, str):
+                prior = await self.store.get_warning(wid)
+                if prior is not None:
+                    return self._replay(prior, digest)
+            warning = parse_warning(raw, registry=self.registry, now=received_at)
+            replaced = await self._replaced(warning, received_at)
+            authorization = self._authorize(warning, client, replaced)
         old_deliveries = await self.store.deliveries_for(replaced.id) if replaced else []
         routed = self._route(warning, old_deliveries)
         deliveries = [
@@ -154,6 +155,32 @@ class Ingest:
         self.metrics.warnings.labels("accepted").inc()
         await self._follow_up(stored, deliveries, replaced, clears, routed.blind_spots)
         return 202, answer
+
+    def _authorize(
+        self, warning: Warning, client: Client, replaced: StoredWarning | None
+    ) -> Authorization:
+        """Annex 1 for the new content; for an update or cancel also art. 18's issuing unit."""
+        authorization = self.authority.authorize(warning, client)
+        if replaced is not None:
+            check_issuing_unit(
+                warning, authorization, replaced.warning, replaced.authorization, client
+            )
+        return authorization
+
+    @asynccontextmanager
+    async def _refusals_recorded(self, received: LedgerDraft) -> AsyncIterator[None]:
+        """A refusal raised inside (400 with an id, 403, 404, 409) is written to the ledger
+        (`received`, `rejected` with the code) before it goes on (art. 28)."""
+        try:
+            yield
+        except RequestError as refusal:
+            if isinstance(refusal, Refused):
+                self.metrics.refusals.labels(refusal.code).inc()
+            if is_warning_id(received.warning_id):
+                data = printable(refusal.body())
+                rejected = LedgerDraft(received.warning_id, Stage.REJECTED, self.clock(), data)
+                await self.store.append([received, rejected])
+            raise
 
     async def _follow_up(
         self,
@@ -235,6 +262,26 @@ def _planned(
         "blind_spots": list(routed.blind_spots),
     }
     return LedgerDraft(warning_id, Stage.PLANNED, at, data)
+
+
+_WARNING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def is_warning_id(value: str) -> bool:
+    """Whether `value` is a well-formed warning id (design.md: 1-128 `[A-Za-z0-9._:-]`)."""
+    return _WARNING_ID.fullmatch(value) is not None
+
+
+def printable(value: Any) -> Any:
+    """`value` with every string made encodable (a lone surrogate as `\\udXXX`), so a
+    refusal that quotes hostile input can be written to the ledger."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    return value
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

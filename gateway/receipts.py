@@ -1,30 +1,42 @@
-"""Receipts that arrive after a send: SMS provider callbacks, MQTT board acks, partner acks.
+"""Receipts that arrive after a send: SMS provider callbacks, MQTT board acks, partner acks,
+and manual confirmations (art. 20), each counted only from its source (design.md "Trust").
 
-Each receipt is written to the ledger (`receipt`) with the far side's timestamp. SMS callbacks
-go through the delivery's `SmsStatus` book (ordered by provider timestamp; a part's final failure
-is never overwritten by another part's success) and settle the delivery as `delivered` or
-`failed`. An ack of a channel that already confirmed delivery (MQTT PUBACK, HTTP 2xx) adds the
-receipt without changing the state. A final state is never changed.
+- A board ack counts only over MQTT, for an MQTT delivery; an SMS report only from an
+  `sms_callbacks` client, for an SMS delivery; a partner ack only from a `partner_acks` client
+  that lists the partner, for that partner's delivery; a manual confirmation only from a
+  `confirm` client, for a township of its districts. Anything else is 403 `source_not_allowed`
+  (or `scope_required`), and nothing is written.
+- A report time before the delivery was sent (before the warning was received while the send is
+  not yet recorded) or more than `MAX_FUTURE_S` ahead is a 400.
+- Each report is written to the ledger (`receipt`) with the far side's timestamp. SMS callbacks
+  go through the delivery's `SmsStatus` book (ordered by provider timestamp; a part's final
+  failure is never overwritten by another part's success) and settle the delivery as `delivered`
+  or `failed`. A report about a final delivery is recorded but changes neither its state nor
+  coverage; the same report twice is applied once (the second is answered `duplicate`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.channels.base import Receipt
+from gateway.channels.mqtt import RECEIPT_SOURCE as MQTT_SOURCE
 from gateway.channels.sms import RECEIPT_SOURCE as SMS_SOURCE
 from gateway.channels.sms import SmsStatus, parse_callback
+from gateway.clients import Client, Scope
 from gateway.endpoints import EndpointBook
-from gateway.exceptions import FieldError, InvalidWarning, NotFound
-from gateway.ledger import LedgerDraft, Stage, timestamp
+from gateway.exceptions import FieldError, InvalidWarning, NotFound, Refused
+from gateway.ledger import LedgerDraft, Stage, canonical_json, timestamp
 from gateway.policies.routing import delivery_id
 from gateway.store import Store
 from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
@@ -32,40 +44,76 @@ from gateway.townships import Registry, normalise
 
 log = logging.getLogger("gateway.receipts")
 
+PARTNER_SOURCE = "partner-ack"
+MAX_FUTURE_S = 300.0
+"""How far ahead of the gateway's clock a report may be dated (clock skew)."""
+MAX_FINGERPRINTS = 200
+"""Reports remembered per delivery to apply a repeat once."""
+_CHANNEL_OF_SOURCE = {SMS_SOURCE: "sms", MQTT_SOURCE: "mqtt", PARTNER_SOURCE: "webhook"}
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What a report did: the delivery's state after it; `duplicate` when it was seen before."""
+
+    delivery_id: str
+    state: str
+    duplicate: bool = False
+
+    def answer(self) -> dict[str, object]:
+        return {
+            "status": "duplicate" if self.duplicate else "recorded",
+            "delivery_id": self.delivery_id,
+            "state": self.state,
+        }
+
 
 class ReceiptDesk:
     """Applies receipts to deliveries, one at a time per delivery."""
 
     def __init__(
-        self, store: Store, clock: Callable[[], datetime], book: EndpointBook | None = None
+        self,
+        store: Store,
+        clock: Callable[[], datetime],
+        book: EndpointBook,
+        registry: Registry,
     ) -> None:
         self.store = store
         self.clock = clock
         self.book = book
+        self.registry = registry
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def apply(self, receipt: Receipt) -> DeliveryRecord:
-        """Record `receipt`; NotFound when it names no known delivery."""
-        did = receipt.delivery_id
-        if did is None and receipt.warning_id and receipt.endpoint_id:
-            did = delivery_id(receipt.warning_id, receipt.endpoint_id)
-        if did is None:
-            raise NotFound("the receipt names no delivery", code="unknown_delivery")
-        lock = self._locks.setdefault(did, asyncio.Lock())
-        try:
-            async with lock:
-                return await self._apply(did, receipt)
-        finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(did, None)
+    async def report(self, receipt: Receipt, client: Client) -> ReportOutcome:
+        """Record an SMS report or partner ack posted by `client`; Refused (403) when the client
+        is not the report's source, NotFound for an unknown delivery, InvalidWarning (400) for
+        a report time out of bounds."""
+        client.require(Scope.SMS_CALLBACKS if receipt.source == SMS_SOURCE else Scope.PARTNER_ACKS)
+        return await self._locked(receipt, client)
 
-    async def manual(self, c: ManualConfirmation, registry: Registry) -> dict[str, object]:
-        """Record a manual confirmation; 404 for an unknown warning, 400 for a township
-        outside its area."""
+    async def sink(self, receipt: Receipt) -> None:
+        """A ReceiptSink for channels (board acks over MQTT): what is refused is logged."""
+        try:
+            await self._locked(receipt, None)
+        except (NotFound, Refused, InvalidWarning) as exc:
+            log.warning("receipt from %s dropped: %s", receipt.source, exc)
+
+    async def manual(
+        self, c: ManualConfirmation, registry: Registry, client: Client
+    ) -> dict[str, object]:
+        """Record a manual confirmation (art. 20) by a `confirm` client for a township of its
+        districts; 404 unknown warning, 400 township outside the area or time out of bounds."""
+        client.require(Scope.CONFIRM)
+        township = normalise(c.township) or c.township
+        if not client.allows_district(township[:6]):
+            raise Refused(
+                f"client {client.name} may not confirm for district {township[:6]}",
+                code="source_not_allowed",
+                errors=[FieldError("township", "outside the client's districts")],
+            )
         stored = await self.store.get_warning(c.warning_id)
         if stored is None:
             raise NotFound(f"no warning {c.warning_id}", code="unknown_warning")
-        township = normalise(c.township) or c.township
         area = stored.warning.get("area", {})
         inside = township in area.get("townships", ()) or (
             township in registry.townships and township[:6] in area.get("districts", ())
@@ -76,6 +124,8 @@ class ReceiptDesk:
                 code="invalid_receipt",
                 errors=[FieldError("township", f"{township} is not in the area of {c.warning_id}")],
             )
+        now = self.clock()
+        _check_time(c.at, datetime.fromisoformat(stored.warning["sent_at"]), now)
         data: dict[str, object] = {
             "source": "manual",
             "township": township,
@@ -85,32 +135,74 @@ class ReceiptDesk:
         }
         if c.note:
             data["note"] = c.note
-        now = self.clock()
-        by = {"means": c.means, "by": c.by, "reported_at": timestamp(c.at)}
-        await self.store.record(
-            [],
-            [LedgerDraft(c.warning_id, Stage.RECEIPT, now, data)],
-            [Cover(c.warning_id, township, now, by)],
-        )
+        with self._lock_of(f"manual {c.warning_id}") as lock:
+            async with lock:
+                if await self._confirmed_before(c.warning_id, data):
+                    return {**data, "duplicate": True}
+                by = {"means": c.means, "by": c.by, "reported_at": timestamp(c.at)}
+                await self.store.record(
+                    [],
+                    [LedgerDraft(c.warning_id, Stage.RECEIPT, now, data)],
+                    [Cover(c.warning_id, township, now, by)],
+                )
         return data
 
-    async def sink(self, receipt: Receipt) -> None:
-        """A ReceiptSink for channels: unknown deliveries are logged, not raised."""
-        try:
-            await self.apply(receipt)
-        except NotFound:
-            log.warning("receipt from %s for an unknown delivery dropped", receipt.source)
+    async def _confirmed_before(self, warning_id: str, data: dict[str, object]) -> bool:
+        for entry in await self.store.entries_for(warning_id):
+            if entry.stage == Stage.RECEIPT and entry.data == data:
+                return True
+        return False
 
-    async def _apply(self, did: str, receipt: Receipt) -> DeliveryRecord:
+    @contextmanager
+    def _lock_of(self, key: str) -> Iterator[asyncio.Lock]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            yield lock
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(key, None)
+
+    async def _locked(self, receipt: Receipt, client: Client | None) -> ReportOutcome:
+        did = receipt.delivery_id
+        if did is None and receipt.warning_id and receipt.endpoint_id:
+            did = delivery_id(receipt.warning_id, receipt.endpoint_id)
+        if did is None:
+            raise NotFound("the receipt names no delivery", code="unknown_delivery")
+        with self._lock_of(did) as lock:
+            async with lock:
+                return await self._apply(did, receipt, client)
+
+    def _check_source(self, rec: DeliveryRecord, receipt: Receipt, client: Client | None) -> None:
+        wanted = _CHANNEL_OF_SOURCE.get(receipt.source)
+        allowed = wanted == rec.channel
+        if receipt.source == PARTNER_SOURCE:
+            allowed = allowed and client is not None and rec.endpoint_id in client.partners
+        if not allowed:
+            raise Refused(
+                f"a {receipt.source} report cannot be about delivery {rec.id} "
+                f"({rec.channel} to {rec.endpoint_id})",
+                code="source_not_allowed",
+            )
+
+    async def _apply(self, did: str, receipt: Receipt, client: Client | None) -> ReportOutcome:
         rec = await self.store.get_delivery(did)
         if rec is None:
             raise NotFound(f"no delivery {did}", code="unknown_delivery")
+        self._check_source(rec, receipt, client)
+        now = self.clock()
+        await self._check_report_time(rec, receipt.at, now)
+        doc = dict(rec.receipt or {})
+        seen: list[str] = list(doc.pop("reports", []))
+        mark = _fingerprint(receipt)
+        if mark in seen:
+            return ReportOutcome(did, rec.state, duplicate=True)
+        seen = [*seen, mark][-MAX_FINGERPRINTS:]
+        final = rec.state in DeliveryState.FINAL
         state = rec.state
-        sms_book: dict[str, object] | None = None
-        if receipt.source == SMS_SOURCE:
-            status = SmsStatus.from_json(rec.receipt) if rec.receipt else SmsStatus()
+        if receipt.source == SMS_SOURCE and not final:
+            status = SmsStatus.from_json(doc) if doc.get("parts") is not None else SmsStatus()
             status.apply(receipt)
-            sms_book = status.to_json()
+            doc = status.to_json()
             if status.overall == "delivered" and _all_parts_reported(status, rec.detail):
                 state = DeliveryState.DELIVERED
             elif status.overall == "failed":
@@ -125,26 +217,59 @@ class ReceiptDesk:
             "source": receipt.source,
             "reported_at": timestamp(receipt.at),
         }
+        if client is not None:
+            data["client"] = client.name
         detail = {k: v for k, v in receipt.detail.items() if v is not None}
         if detail:
             data["detail"] = detail
-        if state != rec.state and rec.state in DeliveryState.FINAL:
-            state = rec.state
-        updates = []
-        if sms_book is not None or state != rec.state:
-            receipt_doc = sms_book or dict(rec.receipt or {})
-            updates.append(DeliveryUpdate(did, state, receipt=receipt_doc))
-        now = self.clock()
-        covers: list[Cover] = []
-        endpoint = self.book.by_id.get(rec.endpoint_id) if self.book else None
+        if final:
+            data["final_before"] = rec.state
+        receipt_doc = {**doc, "reports": seen}
+        updates = [DeliveryUpdate(did, state, receipt=receipt_doc)]
+        endpoint = self.book.by_id.get(rec.endpoint_id)
         reached = state == DeliveryState.DELIVERED or receipt.status == "delivered"
-        if reached and endpoint is not None and endpoint.covers_townships and not rec.purpose:
-            by = {"channel": rec.channel, "endpoint": rec.endpoint_id, "receipt": receipt.source}
-            covers = [Cover(rec.warning_id, t, now, by) for t in endpoint.townships]
+        townships = endpoint.townships if endpoint and endpoint.covers_townships else ()
+        by = {"channel": rec.channel, "endpoint": rec.endpoint_id, "receipt": receipt.source}
+        covers = [
+            Cover(rec.warning_id, t, now, by)
+            for t in townships
+            if reached and not final and not rec.purpose
+        ]
         await self.store.record(
             updates, [LedgerDraft(rec.warning_id, Stage.RECEIPT, now, data)], covers
         )
-        return replace(rec, state=state, receipt=sms_book or rec.receipt)
+        return ReportOutcome(did, state)
+
+    async def _check_report_time(self, rec: DeliveryRecord, at: datetime, now: datetime) -> None:
+        sent_at = rec.detail.get("sent_at")
+        if isinstance(sent_at, str):
+            floor = datetime.fromisoformat(sent_at)
+        else:  # the send's outcome is not recorded yet: the warning's receipt is the floor
+            stored = await self.store.get_warning(rec.warning_id)
+            floor = stored.received_at if stored is not None else now
+        _check_time(at, floor, now)
+
+
+def _check_time(at: datetime, floor: datetime, now: datetime) -> None:
+    """InvalidWarning (400) unless `floor` (to the whole second) <= `at` <= now + skew."""
+    if at < floor.replace(microsecond=0):
+        reason = f"before {timestamp(floor)}, when the report's subject was sent"
+    elif at > now + timedelta(seconds=MAX_FUTURE_S):
+        reason = f"more than {MAX_FUTURE_S:.0f} s ahead of the gateway's clock"
+    else:
+        return
+    raise InvalidWarning(
+        "the report time is out of bounds",
+        code="invalid_receipt",
+        errors=[FieldError("at", reason)],
+    )
+
+
+def _fingerprint(receipt: Receipt) -> str:
+    """What makes two reports the same report."""
+    detail = {k: v for k, v in receipt.detail.items() if v is not None}
+    doc = [receipt.source, receipt.status, timestamp(receipt.at), detail]
+    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:24]
 
 
 def _all_parts_reported(status: SmsStatus, detail: dict[str, Any]) -> bool:
@@ -209,5 +334,5 @@ def parse_receipt(raw: bytes, now: datetime) -> Receipt | ManualConfirmation:
         ]
         raise InvalidWarning("invalid receipt", code="invalid_receipt", errors=errors) from exc
     return Receipt(
-        status=ack.status, at=ack.at or now, source="partner-ack", delivery_id=ack.delivery_id
+        status=ack.status, at=ack.at or now, source=PARTNER_SOURCE, delivery_id=ack.delivery_id
     )

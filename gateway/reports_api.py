@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from gateway.clients import Scope
 from gateway.exceptions import NotFound
 from gateway.filing import filing_form, filing_html
+from gateway.guard import read_response, requires
+from gateway.masking import mask
 from gateway.stats import load_figures, parse_query, stats_report
 
 HTML = "text/html"
@@ -53,30 +56,32 @@ def prefers_html(accept: str | None) -> bool:
     return _quality(accept, HTML) > _quality(accept, JSON)
 
 
-async def get_filing(request: web.Request) -> web.Response:
-    from gateway.api import STORE, json_response
+@requires(Scope.READ)
+async def get_filing(request: web.Request) -> web.StreamResponse:
+    from gateway.api import STORE
 
     wid = request.match_info["id"]
     store = request.app[STORE]
     stored = await store.get_warning(wid)
     if stored is None:
         raise NotFound(f"no warning {wid}")
-    form = filing_form(stored, await store.deliveries_for(wid))
+    form = mask(filing_form(stored, await store.deliveries_for(wid)))
     if prefers_html(request.headers.get("Accept")):
         response = web.Response(text=filing_html(form), content_type=HTML, charset="utf-8")
     else:
-        response = json_response(form)
+        response = read_response(form)
     response.headers["Vary"] = "Accept"
     return response
 
 
-async def get_stats(request: web.Request) -> web.Response:
-    from gateway.api import REGISTRY, STORE, json_response
+@requires(Scope.READ)
+async def get_stats(request: web.Request) -> web.StreamResponse:
+    from gateway.api import REGISTRY, STORE
 
     registry = request.app[REGISTRY]
     query = parse_query(request.query, datetime.now(UTC), registry)
     figures = await load_figures(request.app[STORE], query)
-    return json_response(stats_report(query, figures, registry))
+    return read_response(stats_report(query, figures, registry))
 
 
 def add_report_routes(app: web.Application) -> None:

@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import build_app
 from gateway.config import REPO_CONFIG, Settings, load_settings
-from tests.helpers import REPO_CONFIG_GATEWAY_YAML, TOKENS
+from tests.helpers import REPO_CONFIG_GATEWAY_YAML, token_env
 from tests.mqtt_broker import mosquitto_fixture
 from tests.sms_provider import sms_provider
 from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
@@ -43,7 +43,7 @@ def config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    out = {f"GATEWAY_TOKEN_{name.upper()}": token for name, token in TOKENS.items()}
+    out = token_env()
     out["GATEWAY_STORE"] = f"sqlite:///{tmp_path}/gateway.db"
     return out
 

@@ -48,6 +48,8 @@ def fanout_config(
         "listen: 127.0.0.1:0",
         "clients:",
         "  platform: {}",
+        "  sms-provider: {scopes: [sms_callbacks]}",
+        "  cqtv: {scopes: [partner_acks], partners: [partner-cq-tv]}",
         "channels:",
         *(f"  {name}: {value}" for name, value in body.items()),
         "breaker: {failures: 50, cooldown_s: 0.2}",
@@ -83,7 +85,9 @@ async def settled(
     open_states = ("pending",) if allow_sent else ("pending", "sent")
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        state: dict[str, Any] = await (await api.get(f"/v1/warnings/{warning_id}")).json()
+        state: dict[str, Any] = await (
+            await api.get(f"/v1/warnings/{warning_id}", headers=auth())
+        ).json()
         left = sum(c.get(s, 0) for c in state["channels"].values() for s in open_states)
         if left == 0:
             return state
@@ -93,6 +97,6 @@ async def settled(
 
 
 async def ledger(api: GatewayClient, warning_id: str) -> list[dict[str, Any]]:
-    doc = await (await api.get(f"/v1/warnings/{warning_id}/receipts")).json()
+    doc = await (await api.get(f"/v1/warnings/{warning_id}/receipts", headers=auth())).json()
     entries: list[dict[str, Any]] = doc["entries"]
     return entries

@@ -7,10 +7,16 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway import clients
+
 TOKENS = {
     "platform": "tok-platform-0123456789",
     "wanzhou": "tok-wanzhou-0123456789",
     "duty": "tok-duty-0123456789",
+    "yuzhong": "tok-yuzhong-0123456789",
+    "reader": "tok-reader-0123456789",
+    "sms-provider": "tok-sms-provider-0123456789",
+    "cqtv": "tok-cqtv-0123456789",
 }
 REPO_CONFIG_GATEWAY_YAML = """
 listen: 127.0.0.1:0
@@ -19,6 +25,10 @@ clients:
   platform: {}
   wanzhou: {districts: ["500101"]}
   duty: {temporary_release: true}
+  yuzhong: {districts: ["500103"]}
+  reader: {scopes: [read]}
+  sms-provider: {scopes: [sms_callbacks]}
+  cqtv: {scopes: [partner_acks], partners: [partner-cq-tv]}
 channels:   # ingest tests: only the stub SMS provider, no network
   sms: {provider: stub}
   email: {enabled: false}
@@ -26,6 +36,11 @@ channels:   # ingest tests: only the stub SMS provider, no network
   webhook: {enabled: false}
 """
 _ids = itertools.count(1)
+
+
+def token_env() -> dict[str, str]:
+    """GATEWAY_TOKEN_<CLIENT> of every test client."""
+    return {clients.token_env(name): token for name, token in TOKENS.items()}
 
 
 def auth(client: str = "platform") -> dict[str, str]:

@@ -89,7 +89,7 @@ async def post(api: GatewayClient, doc: Any, client: str = "platform") -> tuple[
 
 
 async def ledger(api: GatewayClient, warning_id: str) -> list[dict[str, Any]]:
-    resp = await api.get(f"/v1/warnings/{warning_id}/receipts")
+    resp = await api.get(f"/v1/warnings/{warning_id}/receipts", headers=auth())
     assert resp.status == 200, await resp.text()
     entries: list[dict[str, Any]] = (await resp.json())["entries"]
     return entries
@@ -102,7 +102,7 @@ async def assert_refused(
     status, answer = await post(api, doc, client)
     assert status == 403, answer
     assert answer["code"] == code, answer
-    assert (await api.get(f"/v1/warnings/{doc['id']}")).status == 404
+    assert (await api.get(f"/v1/warnings/{doc['id']}", headers=auth())).status == 404
     entries = await ledger(api, doc["id"])
     assert [e["stage"] for e in entries] == ["received", "rejected"]
     assert entries[1]["data"]["code"] == code
@@ -558,7 +558,7 @@ async def test_listed_issuer_is_accepted(
     status, answer = await post(api, doc, client)
     assert status == 202, answer
     assert answer["id"] == doc["id"]
-    state = await (await api.get(f"/v1/warnings/{doc['id']}")).json()
+    state = await (await api.get(f"/v1/warnings/{doc['id']}", headers=auth())).json()
     government = "district" if "district" in doc["issuer"] else "city"
     assert state["authorization"]["annex1_row"] == row
     assert state["authorization"]["government"] == government
@@ -1053,7 +1053,7 @@ async def test_duty_client_releases_an_unlisted_hazard_temporarily(api: GatewayC
     entries = await ledger(api, doc["id"])
     assert [e["stage"] for e in entries][:2] == ["received", "authorized"]
     assert entries[1]["data"]["temporary_release"] is True
-    state = await (await api.get(f"/v1/warnings/{doc['id']}")).json()
+    state = await (await api.get(f"/v1/warnings/{doc['id']}", headers=auth())).json()
     assert state["authorization"]["temporary_release"] is True
 
 

@@ -13,7 +13,7 @@ from gateway.cap import DEFAULT_CAP_SENDER, document_to_cap, validate_cap
 from gateway.config import load_settings
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SECRET_NEWS, SECRET_TV, fanout_config, partner_env, settled
-from tests.helpers import TOKENS, auth, warning_body
+from tests.helpers import auth, token_env, warning_body
 from tests.webhook_receiver import MakeReceiver
 
 CAP = {"Content-Type": "application/cap+xml"}
@@ -32,12 +32,14 @@ async def test_cap_alert_is_accepted_and_emitted_back_valid(api: GatewayClient) 
     xml = document_to_cap({**body, "category": "natural_disaster"}, sender=DEFAULT_CAP_SENDER)
     status, answer = await post_cap(api, xml)
     assert status == 202, answer
-    resp = await api.get(f"/v1/warnings/{body['id']}")
+    resp = await api.get(f"/v1/warnings/{body['id']}", headers=auth())
     stored = (await resp.json())["warning"]
     assert stored["category"] == "natural_disaster"
     assert (stored["area"]["districts"], stored["area"]["townships"]) == (["500103"], ["500101001"])
     assert stored["level"] == body["level"]
-    resp = await api.get(f"/v1/warnings/{body['id']}", headers={"Accept": "application/cap+xml"})
+    resp = await api.get(
+        f"/v1/warnings/{body['id']}", headers={**auth(), "Accept": "application/cap+xml"}
+    )
     assert resp.status == 200
     assert resp.content_type == "application/cap+xml"
     emitted = await resp.read()
@@ -97,7 +99,7 @@ async def test_partner_configured_for_cap_gets_valid_signed_cap(
     text = text.replace("  - id: partner-cq-tv\n", "  - id: partner-cq-tv\n    format: cap\n")
     endpoints.write_text(text, encoding="utf-8")
     env = {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
         **partner_env(),
     }
@@ -123,7 +125,9 @@ async def test_national_profile_cap_with_two_info_blocks_is_accepted(api: Gatewa
     xml = re.sub(r"2026-11-2\dT\d\d:\d\d:\d\d\+08:00", moved, raw).encode()
     status, answer = await post_cap(api, xml)
     assert status == 202, answer
-    stored = (await (await api.get(f"/v1/warnings/{answer['id']}")).json())["warning"]
+    stored = (await (await api.get(f"/v1/warnings/{answer['id']}", headers=auth())).json())[
+        "warning"
+    ]
     assert stored["hazard"] == "暴雨"  # the zh-CN block, not the en-US "Rainstorm"
     assert stored["category"] == "natural_disaster"  # from annex 1 row 10
     assert stored["area"]["districts"] == ["500103"]

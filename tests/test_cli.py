@@ -43,7 +43,7 @@ def test_serve_uses_env_overrides_and_keeps_warnings_across_restart(
     served.kill()  # a crash, not a clean shutdown
     assert (tmp_path / "gateway.db").exists()  # GATEWAY_STORE was honoured
     served.start()
-    status, state = http_json(served.url + f"/v1/warnings/{body['id']}")
+    status, state = http_json(served.url + f"/v1/warnings/{body['id']}", token=TOKENS["platform"])
     assert status == 200
     assert isinstance(state, dict)
     assert state["status"] == "active"
@@ -52,7 +52,9 @@ def test_serve_uses_env_overrides_and_keeps_warnings_across_restart(
 def test_healthz_metrics_and_openapi(served: GatewayProcess) -> None:
     assert http_json(served.url + "/healthz") == (200, {"status": "ok", "store": "ok"})
     http_json(served.url + "/v1/warnings", warning_body(), TOKENS["platform"])
-    with urllib.request.urlopen(served.url + "/metrics", timeout=10) as resp:
+    req = urllib.request.Request(served.url + "/metrics")
+    req.add_header("Authorization", f"Bearer {TOKENS['platform']}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
     assert 'gateway_warnings_total{outcome="accepted"} 1.0' in text
     status, doc = http_json(served.url + "/openapi.json")

@@ -14,20 +14,20 @@ from gateway.config import load_settings
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SAMPLE_BLIND_SPOTS, fanout_config, ledger, post_warning, settled
-from tests.helpers import TOKENS, auth, warning_body
+from tests.helpers import auth, token_env, warning_body
 from tests.processes import run_gateway
 from tests.smtp_server import SmtpServerFactory
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
     }
 
 
 async def coverage(api: GatewayClient, warning_id: str) -> dict[str, Any]:
-    resp = await api.get(f"/v1/warnings/{warning_id}/coverage")
+    resp = await api.get(f"/v1/warnings/{warning_id}/coverage", headers=auth())
     assert resp.status == 200
     doc: dict[str, Any] = await resp.json()
     return doc
@@ -83,7 +83,7 @@ async def test_blind_spots_are_listed_recorded_and_escalated_at_once(
     assert sorted(e["data"]["township"] for e in escalated) == SAMPLE_BLIND_SPOTS
     assert {e["data"]["reason"] for e in escalated} == {"blind_spot"}
     # Each blind spot's township centre (SMS) and 万州区's centre (email + SMS) were told.
-    state = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+    state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
     assert state["escalations"]["email"]["delivered"] == 1
     assert state["escalations"]["sms"]["delivered"] == 4
     district_mail = [m for m in smtp.messages() if "districts" in m.rcpt_tos[0]]
@@ -179,7 +179,7 @@ async def test_bad_manual_receipts_are_refused(
 
 
 async def test_coverage_of_unknown_warning_is_404(api: GatewayClient) -> None:
-    assert (await api.get("/v1/warnings/nope/coverage")).status == 404
+    assert (await api.get("/v1/warnings/nope/coverage", headers=auth())).status == 404
 
 
 async def test_coverage_cli_prints_district_by_district(

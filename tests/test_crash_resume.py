@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fanout import SECRET_TV, fanout_config
-from tests.helpers import TOKENS, warning_body
+from tests.helpers import TOKENS, token_env, warning_body
 from tests.processes import GatewayProcess
 from tests.webhook_receiver import MakeReceiver
 
@@ -52,9 +52,13 @@ def test_sigkill_mid_fanout_then_restart_completes_every_delivery(
         for i in range(PARTNERS)
     )
     (config / "endpoints.yaml").write_text(f"townships: {{}}\npartners:\n{partners}\n")
+    gateway_yaml = config / "gateway.yaml"  # its partner client's partner is not in this book
+    gateway_yaml.write_text(
+        "\n".join(ln for ln in gateway_yaml.read_text().splitlines() if "cqtv" not in ln)
+    )
     env = {
         "GATEWAY_CONFIG": str(config),
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/gateway.db",
         "SECRET_TV": SECRET_TV,
     }

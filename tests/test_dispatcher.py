@@ -23,7 +23,7 @@ from gateway.policies.retry import RetryPolicy
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import MakeClient
 from tests.fanout import fanout_config, ledger, post_warning, settled
-from tests.helpers import TOKENS, iso, warning_body
+from tests.helpers import auth, iso, token_env, warning_body
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SlowChannel(Channel):
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
     }
 
@@ -170,7 +170,7 @@ async def test_a_stalled_lead_holds_no_one_back(tmp_path: Path, make_client: Mak
     await post_warning(api, body)
     async with asyncio.timeout(20):
         while True:
-            state = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+            state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
             if state["channels"]["sms"].get("delivered") == 11:
                 break
             await asyncio.sleep(0.05)
@@ -222,7 +222,7 @@ async def test_a_superseded_send_in_flight_is_interrupted_and_the_worker_goes_on
     state = await settled(api, update["id"])
     assert state["channels"]["sms"]["delivered"] == 1  # the same (only) worker sent it
     assert channel.delivered == [f"{update['id']}/500103003-sms"]
-    old = await (await api.get(f"/v1/warnings/{first['id']}")).json()
+    old = await (await api.get(f"/v1/warnings/{first['id']}", headers=auth())).json()
     assert old["status"] == "superseded"
     assert old["channels"]["sms"]["stopped"] == 1
     assert old["channels"]["sms"]["delivered"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tests.fanout import (
     post_warning,
     settled,
 )
-from tests.helpers import TOKENS, warning_body
+from tests.helpers import TOKENS, auth, token_env, warning_body
 from tests.mqtt_broker import Mosquitto
 from tests.smtp_server import SmtpServer, SmtpServerFactory
 from tests.webhook_receiver import MakeReceiver
@@ -40,7 +40,7 @@ from tests.webhook_receiver import MakeReceiver
 
 def env_for(tmp_path: Path) -> dict[str, str]:
     return {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/gateway.db",
         **partner_env(),
     }
@@ -91,7 +91,9 @@ async def test_red_warning_reaches_every_channel(
     assert answer["blind_spots"] == SAMPLE_BLIND_SPOTS
 
     state = await settled(api, body["id"])
-    dead = await (await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed")).json()
+    dead = await (
+        await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed", headers=auth())
+    ).json()
     assert dead["deliveries"] == []
     assert state["channels"] == {
         "mqtt": {
@@ -217,7 +219,9 @@ async def test_partner_500_then_200_and_410(
     assert ids == {f"{body['id']}/partner-cq-tv"}  # one id across the three attempts
     assert len(flaky.requests()) == 3
     assert len(gone.requests()) == 1  # 410 is final: not retried
-    dead = await (await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed")).json()
+    dead = await (
+        await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed", headers=auth())
+    ).json()
     assert [d["endpoint"] for d in dead["deliveries"]] == ["partner-cq-news"]
     assert "410" in dead["deliveries"][0]["detail"]["reason"] or "gone" in json.dumps(dead).lower()
     # A later warning does not call the disabled partner again.
@@ -278,7 +282,9 @@ async def test_exhausted_retries_are_dead_letters(
     failed = [e for e in await ledger(api, body["id"]) if e["stage"] == "failed"]
     assert len(failed) == 1
     assert failed[0]["data"]["attempts"] == 6
-    dead = await (await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed")).json()
+    dead = await (
+        await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed", headers=auth())
+    ).json()
     assert [d["endpoint"] for d in dead["deliveries"]] == ["partner-cq-tv"]
 
 
@@ -384,19 +390,17 @@ async def test_sms_provider_callbacks_settle_deliveries(
         state = await settled(api, body["id"], allow_sent=True)
         assert state["channels"]["sms"]["sent"] == 1
         did = f"{body['id']}/500103001-sms"
+        sent = datetime.now(UTC)  # callbacks are dated after the send (design.md "Trust")
         for status, phone, part, hms in callbacks:
-            doc: dict[str, object] = {
-                "message_id": did,
-                "status": status,
-                "at": f"2026-11-24T{hms}+08:00",
-            }
+            at = sent + timedelta(seconds=int(hms.rsplit(":", 1)[1]))
+            doc: dict[str, object] = {"message_id": did, "status": status, "at": at.isoformat()}
             if phone:
                 doc |= {"phone": phone, "part": part}
-            resp = await api.post(
-                "/v1/receipts", json=doc, headers={"Authorization": f"Bearer {TOKENS['platform']}"}
-            )
+            resp = await api.post("/v1/receipts", json=doc, headers=auth("sms-provider"))
             assert resp.status == 202, await resp.text()
-        deliveries = await (await api.get(f"/v1/warnings/{body['id']}/deliveries")).json()
+        deliveries = await (
+            await api.get(f"/v1/warnings/{body['id']}/deliveries", headers=auth())
+        ).json()
         assert deliveries["deliveries"][0]["detail"]["segments"] == 1
         assert deliveries["deliveries"][0]["state"] == final
         receipts = [e for e in await ledger(api, body["id"]) if e["stage"] == "receipt"]
@@ -411,7 +415,7 @@ async def test_receipts_need_a_token_and_a_known_delivery(
     api = await make_client(load_settings(fanout_config(tmp_path), env_for(tmp_path)))
     doc = {"message_id": "nope/x", "status": "delivered", "at": "2026-11-24T10:00:00+08:00"}
     assert (await api.post("/v1/receipts", json=doc)).status == 401
-    headers = {"Authorization": f"Bearer {TOKENS['platform']}"}
+    headers = auth("sms-provider")
     resp = await api.post("/v1/receipts", json=doc, headers=headers)
     assert resp.status == 404
     bad = await api.post("/v1/receipts", json={"message_id": 1, "status": "x"}, headers=headers)
@@ -426,6 +430,6 @@ async def test_receipts_need_a_token_and_a_known_delivery(
     )
     assert ack.status == 400
     assert "status" in {e["field"] for e in (await ack.json())["errors"]}
-    unknown = await api.post("/v1/receipts", json={"delivery_id": "w/x"}, headers=headers)
+    unknown = await api.post("/v1/receipts", json={"delivery_id": "w/x"}, headers=auth("cqtv"))
     assert unknown.status == 404
     assert (await unknown.json())["code"] == "unknown_delivery"

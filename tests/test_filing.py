@@ -22,7 +22,7 @@ from gateway.samples import red_rainstorm_wanzhou
 from gateway.store.base import DeliveryRecord
 from tests.conftest import GatewayClient
 from tests.fanout import fanout_config, post_warning, settled
-from tests.helpers import TOKENS, warning_body
+from tests.helpers import auth, token_env, warning_body
 
 BEIJING = timezone(timedelta(hours=8))
 MACHINE_FIELDS = {"warning_id", "generated_at"}
@@ -45,7 +45,7 @@ async def reports_client(
             text.replace("platform: {}", "platform: {temporary_release: true}"), encoding="utf-8"
         )
     env = {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
     }
     app = build_app(load_settings(config, env))
@@ -55,7 +55,7 @@ async def reports_client(
 
 
 async def filing(api: GatewayClient, warning_id: str) -> dict[str, Any]:
-    resp = await api.get(f"/v1/warnings/{warning_id}/filing")
+    resp = await api.get(f"/v1/warnings/{warning_id}/filing", headers=auth())
     assert resp.status == 200, await resp.text()
     assert resp.content_type == "application/json"
     form: dict[str, Any] = await resp.json()
@@ -118,7 +118,9 @@ async def test_html_page_is_the_printable_annex2_table(
     api = await reports_client(aiohttp_client, tmp_path)
     body = red_rainstorm_wanzhou(datetime.now(UTC), "filing-html")
     await post_warning(api, body)
-    resp = await api.get(f"/v1/warnings/{body['id']}/filing", headers={"Accept": "text/html"})
+    resp = await api.get(
+        f"/v1/warnings/{body['id']}/filing", headers={**auth(), "Accept": "text/html"}
+    )
     assert resp.status == 200
     assert resp.content_type == "text/html"
     assert resp.charset == "utf-8"
@@ -147,9 +149,9 @@ async def test_browser_accept_gets_html_and_wildcard_gets_json(
     await post_warning(api, body)
     url = f"/v1/warnings/{body['id']}/filing"
     browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-    assert (await api.get(url, headers={"Accept": browser})).content_type == "text/html"
+    assert (await api.get(url, headers={**auth(), "Accept": browser})).content_type == "text/html"
     for accept in ("*/*", "application/json", "application/json, text/html;q=0.5"):
-        resp = await api.get(url, headers={"Accept": accept})
+        resp = await api.get(url, headers={**auth(), "Accept": accept})
         assert resp.content_type == "application/json", accept
 
 
@@ -160,7 +162,9 @@ async def test_values_are_html_escaped(tmp_path: Path, aiohttp_client: AiohttpCl
     await post_warning(api, body)
     form = await filing(api, body["id"])
     assert form["信息标题"] == title  # JSON carries the text as given
-    resp = await api.get(f"/v1/warnings/{body['id']}/filing", headers={"Accept": "text/html"})
+    resp = await api.get(
+        f"/v1/warnings/{body['id']}/filing", headers={**auth(), "Accept": "text/html"}
+    )
     page = await resp.text()
     assert "<script>" not in page
     assert "<img" not in page
@@ -176,7 +180,7 @@ async def test_filing_of_unknown_warning_is_404(
 ) -> None:
     api = await reports_client(aiohttp_client, tmp_path)
     for accept in ("application/json", "text/html"):
-        resp = await api.get("/v1/warnings/nope/filing", headers={"Accept": accept})
+        resp = await api.get("/v1/warnings/nope/filing", headers={**auth(), "Accept": accept})
         assert resp.status == 404
         answer = await resp.json()
         assert answer["code"] == "not_found"

@@ -24,7 +24,7 @@ async def test_accepts_a_valid_warning_with_202(api: GatewayClient) -> None:
     assert status == 202, answer
     # 渝中区's 11 townships each have an SMS group; only the stub SMS channel is enabled here.
     assert answer == {"id": body["id"], "status": "active", "deliveries": 11, "blind_spots": []}
-    resp = await api.get(f"/v1/warnings/{body['id']}")
+    resp = await api.get(f"/v1/warnings/{body['id']}", headers=auth())
     state = await resp.json()
     assert resp.status == 200
     assert state["status"] == "active"
@@ -48,7 +48,7 @@ async def test_rejects_missing_or_wrong_token_with_401(
     resp = await api.post("/v1/warnings", json=body, headers=headers)
     assert resp.status == 401
     assert (await resp.json())["code"] == "unauthenticated"
-    assert (await api.get(f"/v1/warnings/{body['id']}")).status == 404
+    assert (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).status == 404
 
 
 async def test_reports_every_field_error_in_one_400(api: GatewayClient) -> None:
@@ -131,7 +131,7 @@ async def test_accepts_12_digit_cpeas_codes_normalised(api: GatewayClient) -> No
     body = warning_body(area={"districts": ["500103000000"], "townships": ["500101001000"]})
     status, answer = await post(api, body)
     assert status == 202, answer
-    stored = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+    stored = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
     assert stored["warning"]["area"] == {"districts": ["500103"], "townships": ["500101001"]}
 
 
@@ -162,7 +162,7 @@ async def test_rejects_a_body_over_the_size_limit_with_413(
     status, answer = await post(api, body)
     assert status == 413
     assert answer["code"] == "payload_too_large"
-    assert (await api.get(f"/v1/warnings/{body['id']}")).status == 404
+    assert (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).status == 404
 
 
 async def test_same_id_same_body_answers_200_with_the_first_answer(api: GatewayClient) -> None:
@@ -172,7 +172,7 @@ async def test_same_id_same_body_answers_200_with_the_first_answer(api: GatewayC
     again = await post(api, reordered)
     assert first[0] == 202
     assert again == (200, first[1])
-    receipts = await (await api.get(f"/v1/warnings/{body['id']}/receipts")).json()
+    receipts = await (await api.get(f"/v1/warnings/{body['id']}/receipts", headers=auth())).json()
     stages = [e["stage"] for e in receipts["entries"]]
     assert stages[:3] == ["received", "authorized", "planned"]
     assert stages.count("received") == 1
@@ -184,7 +184,7 @@ async def test_same_id_other_body_answers_409(api: GatewayClient) -> None:
     status, answer = await post(api, {**body, "title": "另一个标题"})
     assert status == 409
     assert answer["code"] == "id_conflict"
-    stored = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+    stored = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
     assert stored["warning"]["title"] == body["title"]
 
 
@@ -194,7 +194,7 @@ async def test_concurrent_repeats_store_one_warning(api: GatewayClient) -> None:
     statuses = sorted(s for s, _ in results)
     assert statuses.count(202) == 1
     assert statuses.count(200) == 19
-    receipts = await (await api.get(f"/v1/warnings/{body['id']}/receipts")).json()
+    receipts = await (await api.get(f"/v1/warnings/{body['id']}/receipts", headers=auth())).json()
     stages = [e["stage"] for e in receipts["entries"]]
     assert stages[:3] == ["received", "authorized", "planned"]
     assert stages.count("received") == 1
@@ -208,7 +208,7 @@ async def test_an_accepted_warning_survives_a_restart(
     assert (await post(first, body))[0] == 202
     await first.close()
     second = await make_client(settings)
-    resp = await second.get(f"/v1/warnings/{body['id']}")
+    resp = await second.get(f"/v1/warnings/{body['id']}", headers=auth())
     assert resp.status == 200
     assert (await resp.json())["warning"]["title"] == body["title"]
     assert await post(second, body) == (
@@ -221,13 +221,13 @@ async def test_expired_warning_reports_expired(api: GatewayClient) -> None:
     body = warning_body(expires_at=iso(datetime.now(UTC) + timedelta(seconds=1)))
     assert (await post(api, body))[0] == 202
     await asyncio.sleep(1.2)
-    state = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+    state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
     assert state["status"] == "expired"
 
 
 async def test_unknown_warning_is_404(api: GatewayClient) -> None:
     for path in ("/v1/warnings/nope", "/v1/warnings/nope/receipts"):
-        resp = await api.get(path)
+        resp = await api.get(path, headers=auth())
         assert resp.status == 404
         assert (await resp.json())["code"] == "not_found"
 

@@ -14,7 +14,7 @@ import aiomqtt
 from gateway.config import load_settings
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SECRET_NEWS, SECRET_TV, fanout_config, ledger, partner_env, settled
-from tests.helpers import TOKENS, auth, iso, warning_body
+from tests.helpers import auth, iso, token_env, warning_body
 from tests.mqtt_broker import Mosquitto
 from tests.sms_provider import SmsProviderProcess
 from tests.webhook_receiver import MakeReceiver
@@ -24,7 +24,7 @@ TOWNSHIP = "500103001"  # 渝中区 七星岗街道
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {
-        "GATEWAY_TOKEN_PLATFORM": TOKENS["platform"],
+        **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
         **partner_env(),
     }
@@ -37,7 +37,7 @@ async def post(api: GatewayClient, body: dict[str, Any]) -> tuple[int, dict[str,
 
 
 async def status(api: GatewayClient, warning_id: str) -> str:
-    doc = await (await api.get(f"/v1/warnings/{warning_id}")).json()
+    doc = await (await api.get(f"/v1/warnings/{warning_id}", headers=auth())).json()
     return str(doc["status"])
 
 
@@ -78,9 +78,9 @@ async def test_update_supersedes_and_replaces_retained_topics(
     assert code == 202, answer
     await settled(api, update["id"])
     for _ in range(50):
-        if (await (await api.get(f"/v1/warnings/{first['id']}")).json())["clears"].get(
-            "mqtt", {}
-        ).get("delivered") == 2:
+        if (await (await api.get(f"/v1/warnings/{first['id']}", headers=auth())).json())[
+            "clears"
+        ].get("mqtt", {}).get("delivered") == 2:
             break
         await asyncio.sleep(0.05)
     assert await status(api, first["id"]) == "superseded"
@@ -111,7 +111,7 @@ async def test_update_stops_pending_deliveries_of_the_old_warning(
         await asyncio.sleep(0.2)  # one delivery in flight (hanging), ten queued
         update = follow_up(first, "update", channels=["webhook"])
         assert (await post(api, update))[0] == 202
-        state = await (await api.get(f"/v1/warnings/{first['id']}")).json()
+        state = await (await api.get(f"/v1/warnings/{first['id']}", headers=auth())).json()
         assert state["status"] == "superseded"
         assert state["channels"]["sms"]["stopped"] == 11
         assert state["channels"]["sms"]["pending"] == 0
@@ -196,7 +196,7 @@ async def test_expiry_clears_retained_and_drops_retries(
         ):
             break
         await asyncio.sleep(0.1)
-    state = await (await api.get(f"/v1/warnings/{body['id']}")).json()
+    state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
     assert state["status"] == "expired"
     assert state["channels"]["sms"]["pending"] == 0  # the retrying SMS was dropped
     stages = [e["stage"] for e in await ledger(api, body["id"])]

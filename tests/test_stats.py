@@ -20,14 +20,14 @@ from gateway.stats import aggregate, summary, warning_figures
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from tests.conftest import GatewayClient
 from tests.fanout import WANZHOU_COVERED, post_warning, settled
-from tests.helpers import warning_body
+from tests.helpers import auth, warning_body
 from tests.test_filing import reports_client
 
 YUZHONG, WANZHOU = "500103", "500101"
 
 
 async def stats(api: GatewayClient, **params: str) -> dict[str, Any]:
-    resp = await api.get("/v1/stats", params=params)
+    resp = await api.get("/v1/stats", params=params, headers=auth())
     assert resp.status == 200, await resp.text()
     doc: dict[str, Any] = await resp.json()
     return doc
@@ -167,7 +167,9 @@ async def test_empty_range_has_zero_counts(api: GatewayClient) -> None:
 
 async def test_unencoded_plus_in_offset_is_understood(api: GatewayClient) -> None:
     # `+08:00` typed into a URL arrives as ` 08:00` (a form-encoded space).
-    resp = await api.get("/v1/stats?from=2020-01-01T00:00:00+08:00&to=2020-01-02T00:00:00+08:00")
+    resp = await api.get(
+        "/v1/stats?from=2020-01-01T00:00:00+08:00&to=2020-01-02T00:00:00+08:00", headers=auth()
+    )
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["to"] == "2020-01-02T00:00:00+08:00"
 
@@ -196,7 +198,7 @@ async def test_unencoded_plus_in_offset_is_understood(api: GatewayClient) -> Non
 async def test_bad_query_is_400_with_field_errors(
     api: GatewayClient, params: dict[str, str], fields: set[str]
 ) -> None:
-    resp = await api.get("/v1/stats", params=params)
+    resp = await api.get("/v1/stats", params=params, headers=auth())
     assert resp.status == 400
     answer = await resp.json()
     assert answer["code"] == "invalid_query"

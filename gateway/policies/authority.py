@@ -9,7 +9,9 @@ client allowed to, and is marked for inclusion in the list.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.clients import Client
 from gateway.exceptions import FieldError, InvalidWarning, Refused
@@ -161,6 +163,59 @@ class AuthorityPolicy:
             if refusal is not None:
                 return refusal
         return Authorization(government, row.row, unit)
+
+
+def check_issuing_unit(
+    warning: Warning,
+    authorization: Authorization,
+    referenced: Mapping[str, Any],
+    referenced_authorization: Mapping[str, Any],
+    client: Client,
+) -> None:
+    """Art. 18: an update or cancel comes from the issuing unit of the warning it replaces
+    (`referenced`, as stored), or from the city-level unit of the same annex-1 row for a
+    district warning, through a client allowed for every district of the referenced area.
+    Refused `not_issuing_unit` otherwise; `authorization` is the new message's own."""
+    area = referenced.get("area", {})
+    districts = {*area.get("districts", ()), *(t[:6] for t in area.get("townships", ()))}
+    denied = sorted(d for d in districts if not client.allows_district(d))
+    if denied:
+        raise Refused(
+            f"client {client.name} may not act on warning {referenced.get('id')} "
+            f"of districts {', '.join(denied)} (art. 18)",
+            code="not_issuing_unit",
+            errors=[FieldError("references", f"districts {', '.join(denied)} not allowed")],
+        )
+    old = referenced.get("issuer", {})
+    new = warning.issuer
+    same_row = referenced_authorization.get("annex1_row") == authorization.row
+    same_unit = (
+        new.unit == old.get("unit")
+        and new.district == old.get("district")
+        and (
+            new.role == old.get("role")
+            # the same annex-1 unit spelt another way (区县气象主管机构, 区县（自治县）...)
+            or (
+                authorization.unit is not None
+                and authorization.unit == referenced_authorization.get("unit")
+            )
+        )
+    )
+    city_over_district = (
+        old.get("district") is not None
+        and new.district is None
+        and not authorization.temporary
+        and same_row
+    )
+    if not (same_unit or city_over_district):
+        raise Refused(
+            f"only the issuing unit of warning {referenced.get('id')} "
+            f"({old.get('unit')}, {old.get('role')}"
+            + (f", {old['district']}" if old.get("district") else "")
+            + ") or the city-level unit of its role may update or cancel it (art. 18)",
+            code="not_issuing_unit",
+            errors=[FieldError("issuer", "not the issuing unit of the referenced warning")],
+        )
 
 
 def _check_approval(warning: Warning) -> None:

@@ -91,7 +91,8 @@ class DeliveryUpdate:
     """A delivery's new state, written together with the ledger entries that explain it.
 
     A dispatcher update sets state, attempts and detail; a receipt update (`receipt` given) sets
-    state and the receipt record only. Neither overwrites a final state.
+    state and the receipt record only. Neither overwrites a final state; a receipt update of a
+    final delivery still records its receipt (which reports were seen).
     """
 
     id: str

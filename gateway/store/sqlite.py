@@ -183,7 +183,13 @@ class _Rows:
                 f"UPDATE deliveries SET state = ?, attempts = ?, detail = ? {unfinished}",
                 self.updates,
             ),
-            (f"UPDATE deliveries SET state = ?, receipt = ? {unfinished}", self.receipts),
+            # A final delivery keeps its state; its receipt record still takes the report (which
+            # reports were seen, so a repeat is applied once).
+            (
+                "UPDATE deliveries SET state = CASE WHEN state IN ('pending', 'sent') THEN ? "
+                "ELSE state END, receipt = ? WHERE id = ?",
+                self.receipts,
+            ),
             ("UPDATE warnings SET state = ? WHERE id = ? AND state = 'active'", self.retired),
             (
                 "UPDATE deliveries SET state = 'stopped' WHERE warning_id = ? "
