@@ -32,7 +32,7 @@ from tests.fanout import (
     post_warning,
     settled,
 )
-from tests.helpers import TOKENS, auth, token_env, warning_body
+from tests.helpers import auth, token_env, warning_body
 from tests.mqtt_broker import Mosquitto
 from tests.smtp_server import SmtpServer, SmtpServerFactory
 from tests.webhook_receiver import MakeReceiver
