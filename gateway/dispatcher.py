@@ -12,14 +12,19 @@ stays `pending` in the store, so a crash loses nothing: on
 start the dispatcher resumes every pending delivery, and a resumed delivery keeps its id, which
 is its idempotency key at the far side.
 
-A transient failure is retried by the channel's retry policy up to the warning's expiry; the
-delivery waits out its backoff (or an open circuit of its endpoint) outside the queue and holds
-no worker meanwhile. A delivery that runs out of attempts or time is `failed` (a dead letter).
+A transient failure is retried by the channel's retry policy until the warning's expiry; the
+delivery waits out its backoff (or an open circuit of its endpoint) outside the queue, in the
+`WaitRoom`, and holds no worker meanwhile. What it waits for (the channel's broker or server,
+or its endpoint) coming back wakes it at once: a send through it that succeeds, a channel's
+reconnection, or the room's probe. At most `per_endpoint` sends to one endpoint are in flight;
+more wait parked, so a hanging endpoint holds few workers. Dead letters (`failed`) are permanent
+errors and expiry only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,12 +46,13 @@ from gateway.channels.base import (
 )
 from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
+from gateway.flow import CircuitBreaker, EndpointSlots, LeadGate, RateLimiter
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
 from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
 from gateway.townships import Registry
+from gateway.waitroom import DEFAULT_PROBE_S, WaitRoom
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -60,6 +66,7 @@ LEAD_MAX_HOLD_S = 1.0
 CLEAR_GRACE_S = 3600.0
 _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
+DEFAULT_PER_ENDPOINT = 4
 # A worker whose sends complete without suspending (a stub) lets others run this often.
 YIELD_EVERY = 32
 Sleep = Callable[[float], Awaitable[None]]
@@ -73,10 +80,12 @@ class ChannelRuntime:
     concurrency: int
     retry: RetryPolicy
     rate: RateLimiter | None = None
+    per_endpoint: int = DEFAULT_PER_ENDPOINT
+    """Sends to one endpoint in flight at most, so a hanging one holds few workers."""
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if self.concurrency < 1 or self.per_endpoint < 1:
+            raise ValueError("concurrency and per_endpoint must be at least 1")
 
 
 @dataclass(eq=False)
@@ -110,6 +119,7 @@ class Dispatcher:
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
         registry: Registry | None = None,
+        probe_s: float = DEFAULT_PROBE_S,
     ) -> None:
         self.store = store
         self.book = book
@@ -122,12 +132,19 @@ class Dispatcher:
         self._queues: dict[str, _Queue] = {name: asyncio.PriorityQueue() for name in runtimes}
         self._order = itertools.count()
         self._workers: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.Task[None]] = set()
         self._sending: dict[asyncio.Task[Any], _Job] = {}
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
         self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
+        self._room: WaitRoom[_Job] = WaitRoom(
+            self._requeue, rank=lambda job: job.rec.level, sleep=sleep, probe_s=probe_s
+        )
+        self._slots: dict[str, EndpointSlots[_Job]] = {
+            name: EndpointSlots(runtime.per_endpoint) for name, runtime in runtimes.items()
+        }
         self._closing = False
+        for name, runtime in runtimes.items():
+            runtime.channel.on_reconnect(functools.partial(self.wake, name))
 
     async def __aenter__(self) -> Self:
         for name, runtime in self.runtimes.items():
@@ -143,7 +160,8 @@ class Dispatcher:
         tb: TracebackType | None,
     ) -> None:
         self._closing = True
-        tasks = [*self._workers, *self._timers]
+        self._room.close()
+        tasks = list(self._workers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -210,6 +228,28 @@ class Dispatcher:
                 task.cancel()
         await asyncio.gather(*halted)
 
+    def wake(self, channel: str) -> None:
+        """The channel's connection is back: its waiting deliveries go now, its endpoints'
+        circuits close (design.md "Delivery under faults")."""
+        woken = self._room.wake(channel)
+        for endpoint_id in self.breaker.open_ids():
+            endpoint = self.book.by_id.get(endpoint_id)
+            if endpoint is not None and endpoint.channel == channel:
+                self.breaker.success(endpoint_id)
+        if woken:
+            log.info("%s is back: %d waiting deliveries go now", channel, woken)
+
+    def _wait_key(self, job: _Job) -> str:
+        """What a waiting `job` waits for: its channel's shared transport, or its endpoint."""
+        runtime = self.runtimes.get(job.rec.channel)
+        if runtime is not None and runtime.channel.shared_transport:
+            return job.rec.channel
+        return f"endpoint {job.rec.endpoint_id}"
+
+    def _requeue(self, job: _Job) -> None:
+        if not job.stopped and not self._closing:
+            self._enqueue(job)
+
     def _enqueue(self, job: _Job) -> None:
         queue = self._queues.get(job.rec.channel)
         if queue is None:
@@ -250,23 +290,41 @@ class Dispatcher:
                     await following.wait()
             if job.stopped:
                 continue
+            slots = self._slots[channel]
+            if not slots.take(job.rec.endpoint_id, job, job.rec.level):
+                continue  # parked until a send to its endpoint ends; the worker goes on
             try:
-                if await self._deliver(runtime, job, task):
-                    self._forget(job)
-                if leading is not None:
-                    leading.progressed()
-            except asyncio.CancelledError:
-                if job.halted is not None and task.cancelling() == 0:
-                    continue  # `stop` interrupted this send; the worker carries on
-                raise
-            except Exception as exc:
-                # A bug here must not leave the delivery silently pending until a restart.
-                log.exception("delivery %s failed in the dispatcher", job.rec.id)
-                self._forget(job)
-                self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
+                await self._run(runtime, job, task, leading)
+            finally:
+                parked = slots.give(job.rec.endpoint_id)
+                if parked is not None:
+                    self._enqueue(parked)
             ran += 1
             if ran % YIELD_EVERY == 0 or self.store.lagging():
                 await self._pace()
+
+    async def _run(
+        self,
+        runtime: ChannelRuntime,
+        job: _Job,
+        task: asyncio.Task[Any],
+        leading: LeadGate | None,
+    ) -> None:
+        """One attempt at `job` by the worker `task`; nothing but a cancellation escapes."""
+        try:
+            if await self._deliver(runtime, job, task):
+                self._forget(job)
+            if leading is not None:
+                leading.progressed()
+        except asyncio.CancelledError:
+            if job.halted is not None and task.cancelling() == 0:
+                return  # `stop` interrupted this send; the worker carries on
+            raise
+        except Exception as exc:
+            # A bug here must not leave the delivery silently pending until a restart.
+            log.exception("delivery %s failed in the dispatcher", job.rec.id)
+            self._forget(job)
+            self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
 
     async def _pace(self) -> None:
         """Let the others run, and wait for the store when it falls behind."""
@@ -307,10 +365,12 @@ class Dispatcher:
                 task.uncancel()
                 job.halted.set_result(None)
         if job.stopped:
+            self.breaker.release(endpoint.id)
             return True
         if error is not None:
             return self._failed(runtime, job, endpoint, started, error)
         self.breaker.success(endpoint.id)
+        self._room.wake(self._wait_key(job))  # the far side is back: nobody waits longer
         self._delivered(job, endpoint, n, started, outcome)
         return True
 
@@ -330,7 +390,7 @@ class Dispatcher:
             self._final(job, job.attempts + 1, reason, kind="permanent")
             return True
         # Wait out an open circuit outside the queue: other endpoints keep the workers busy.
-        delay = self.breaker.delay(endpoint.id)
+        delay = self.breaker.admit(endpoint.id)
         if delay <= 0:
             return None
         left = (notice.expires_at - now).total_seconds()
@@ -353,6 +413,8 @@ class Dispatcher:
         n = job.attempts = job.attempts + 1
         if isinstance(error, TransientDeliveryError):
             self.breaker.failure(endpoint.id)
+        else:
+            self.breaker.release(endpoint.id)
         self._failed_attempt(job, endpoint, n, started, error)
         if isinstance(error, EndpointGone):
             self.disabled[endpoint.id] = error.reason
@@ -362,23 +424,16 @@ class Dispatcher:
             return True
         left = (_deadline(job) - self.clock()).total_seconds()
         wait = runtime.retry.next_wait(n, error, left)
-        if wait is None:
-            self._final(job, n, error.reason, kind="transient")
+        if wait is None:  # a dead letter only at expiry (design.md "Delivery under faults")
+            self._final(job, n, f"the warning expired while retrying: {error.reason}", "expired")
             return True
         self._later(wait, job)
         return False
 
     def _later(self, wait: float, job: _Job) -> None:
-        """Put `job` back in its queue after `wait` seconds, unless stopped meanwhile."""
-
-        async def requeue() -> None:
-            await self.sleep(wait)
-            if not job.stopped:
-                self._enqueue(job)
-
-        timer = asyncio.create_task(requeue(), name=f"retry {job.rec.id}")
-        self._timers.add(timer)
-        timer.add_done_callback(self._timers.discard)
+        """Put `job` back in its queue after `wait` seconds, or as soon as what it waits for
+        is back (`WaitRoom`), unless stopped meanwhile."""
+        self._room.wait(self._wait_key(job), job, wait)
 
     def _forget(self, job: _Job) -> None:
         jobs = self._jobs.get(job.rec.warning_id)

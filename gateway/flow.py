@@ -1,16 +1,21 @@
-"""Flow control for the dispatcher: a rate limiter, a circuit breaker and the lead gate."""
+"""Flow control for the dispatcher: a rate limiter, a circuit breaker, per-endpoint slots and
+the lead gate."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 Sleep = Callable[[float], Awaitable[None]]
 _EPSILON = 1e-9
 Monotonic = Callable[[], float]
+T = TypeVar("T")
 
 
 class RateLimiter:
@@ -45,8 +50,9 @@ class RateLimiter:
 
 
 class CircuitBreaker:
-    """Per-endpoint: after `threshold` consecutive failures, hold attempts for `cooldown`
-    seconds so a dead endpoint does not tie up the channel's slots."""
+    """Per-endpoint: after `threshold` consecutive failures the circuit opens for `cooldown`
+    seconds, so a dead endpoint does not tie up the channel's workers; then it half-opens:
+    one trial is admitted, and its success closes the circuit, its failure opens it again."""
 
     def __init__(self, threshold: int, cooldown: float, *, clock: Monotonic = time.monotonic):
         self.threshold = threshold
@@ -54,11 +60,34 @@ class CircuitBreaker:
         self._clock = clock
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
+        self._trial: set[str] = set()
 
     def delay(self, endpoint_id: str) -> float:
-        """Seconds to wait before trying `endpoint_id`; 0 when the circuit is closed."""
+        """Seconds left of `endpoint_id`'s open circuit; 0 when closed or half-open."""
         until = self._open_until.get(endpoint_id)
         return max(0.0, until - self._clock()) if until is not None else 0.0
+
+    def admit(self, endpoint_id: str) -> float:
+        """0 when an attempt at `endpoint_id` may go now (in a half-open circuit it becomes
+        the one trial); else seconds to wait (a trial in flight: a full cooldown, as its
+        outcome wakes the waiting ones anyway)."""
+        if endpoint_id not in self._open_until:
+            return 0.0
+        left = self.delay(endpoint_id)
+        if left > 0:
+            return left
+        if endpoint_id in self._trial:
+            return self.cooldown
+        self._trial.add(endpoint_id)
+        return 0.0
+
+    def release(self, endpoint_id: str) -> None:
+        """A trial ended with neither verdict (stopped, a permanent error): admit another."""
+        self._trial.discard(endpoint_id)
+
+    def open_ids(self) -> list[str]:
+        """Endpoints whose circuit is open or half-open."""
+        return list(self._open_until)
 
     def is_open(self, endpoint_id: str) -> bool:
         return self.delay(endpoint_id) > 0
@@ -66,12 +95,52 @@ class CircuitBreaker:
     def success(self, endpoint_id: str) -> None:
         self._failures.pop(endpoint_id, None)
         self._open_until.pop(endpoint_id, None)
+        self._trial.discard(endpoint_id)
 
     def failure(self, endpoint_id: str) -> None:
         n = self._failures.get(endpoint_id, 0) + 1
         self._failures[endpoint_id] = n
-        if n >= self.threshold:
+        if n >= self.threshold or endpoint_id in self._trial:
             self._open_until[endpoint_id] = self._clock() + self.cooldown
+            self._trial.discard(endpoint_id)
+
+
+class EndpointSlots(Generic[T]):
+    """At most `limit` items in flight per endpoint; the others are parked, most urgent
+    (lowest rank) first, and handed back one by one as slots free up."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._busy: dict[str, int] = {}
+        self._parked: dict[str, list[tuple[int, int, T]]] = {}
+        self._order = itertools.count()
+
+    def take(self, endpoint_id: str, item: T, rank: int) -> bool:
+        """True when `item` may go now (it holds a slot until `give`); else it is parked."""
+        busy = self._busy.get(endpoint_id, 0)
+        if busy < self.limit:
+            self._busy[endpoint_id] = busy + 1
+            return True
+        heapq.heappush(self._parked.setdefault(endpoint_id, []), (rank, next(self._order), item))
+        return False
+
+    def give(self, endpoint_id: str) -> T | None:
+        """Free a slot of `endpoint_id`; the parked item to try again, if any."""
+        busy = self._busy.get(endpoint_id, 0) - 1
+        if busy > 0:
+            self._busy[endpoint_id] = busy
+        else:
+            self._busy.pop(endpoint_id, None)
+        parked = self._parked.get(endpoint_id)
+        if not parked:
+            return None
+        *_, item = heapq.heappop(parked)
+        if not parked:
+            del self._parked[endpoint_id]
+        return item
+
+    def parked(self) -> int:
+        return sum(len(p) for p in self._parked.values())
 
 
 class LeadGate:

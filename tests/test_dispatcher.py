@@ -19,7 +19,7 @@ from gateway.channels.base import (
 )
 from gateway.config import load_settings
 from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
-from gateway.policies.retry import RetryPolicy
+from gateway.policies.retry import LAST_TRY_S, RetryPolicy
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import MakeClient
 from tests.fanout import fanout_config, ledger, post_warning, settled
@@ -316,26 +316,31 @@ async def test_rate_limiter_spaces_acquisitions() -> None:
     assert sum(slept) == pytest.approx(0.4)
 
 
-def test_retry_policy_honours_retry_after_and_backs_off() -> None:
+def test_retry_policy_honours_retry_after_and_backs_off_to_max_s() -> None:
+    # design.md "Delivery under faults": capped backoff until expires_at; attempts bound nothing.
     policy = RetryPolicy(attempts=3, initial_s=1, max_s=10, jitter_s=0)
     busy = TransientDeliveryError("busy")
     assert policy.next_wait(1, TransientDeliveryError("busy", retry_after=7), 3600) == 7
     assert policy.next_wait(1, busy, 3600) == 1  # exponential: 1, 2, 4, ...
     assert policy.next_wait(2, busy, 3600) == 2
-    assert policy.next_wait(3, busy, 3600) is None  # the third attempt was the last
+    assert policy.next_wait(3, busy, 3600) == 4  # past `attempts`: still retried
+    assert policy.next_wait(50, busy, 3600) == 10  # capped by max_s
 
 
-def test_retry_policy_counts_attempts_before_a_restart() -> None:
-    # A delivery resumed after 3 attempts has 2 of its 5 left.
-    policy = RetryPolicy(attempts=5, initial_s=0.1, jitter_s=0)
+def test_retry_policy_goes_on_after_a_restart() -> None:
+    # A delivery resumed after many attempts keeps retrying at the capped backoff.
+    policy = RetryPolicy(attempts=5, initial_s=0.1, max_s=30, jitter_s=0)
     down = TransientDeliveryError("down")
-    assert policy.next_wait(4, down, 60) is not None
-    assert policy.next_wait(5, down, 60) is None
+    assert policy.next_wait(5, down, 600) == pytest.approx(1.6)
+    assert policy.next_wait(500, down, 600) == 30
 
 
 def test_retry_policy_never_waits_past_the_deadline() -> None:
-    # design.md "retry": a deadline that never passes expires_at.
+    # design.md "retry": a deadline that never passes expires_at; one last try just before it.
     policy = RetryPolicy(attempts=10, initial_s=1, jitter_s=0)
-    assert policy.next_wait(1, TransientDeliveryError("busy"), left_s=1.5) == 1
-    assert policy.next_wait(2, TransientDeliveryError("busy"), left_s=1.5) is None
-    assert policy.next_wait(1, TransientDeliveryError("busy", retry_after=5), left_s=4) is None
+    assert policy.next_wait(1, TransientDeliveryError("busy"), left_s=5) == 1
+    assert policy.next_wait(3, TransientDeliveryError("busy"), left_s=10) == 4
+    assert policy.next_wait(4, TransientDeliveryError("busy"), left_s=5) == 5 - LAST_TRY_S
+    later = TransientDeliveryError("busy", retry_after=60)
+    assert policy.next_wait(1, later, left_s=4) == 4 - LAST_TRY_S
+    assert policy.next_wait(1, TransientDeliveryError("busy"), left_s=0.4) is None

@@ -259,15 +259,18 @@ async def test_partner_timeout_is_retried(
     assert attempts[0]["data"]["transient"] is True
 
 
-async def test_exhausted_retries_are_dead_letters(
+async def test_transient_failures_are_retried_until_expiry_then_dead_letters(
     tmp_path: Path, make_client: MakeClient, webhook_receivers: MakeReceiver
 ) -> None:
+    """design.md "Delivery under faults": a warning is worth delivering until it expires;
+    `attempts` bounds nothing, dead letters are permanent errors and expiry only."""
     down = webhook_receivers(secret=SECRET_TV, script="503", retry_after="")
     ok = webhook_receivers(secret=SECRET_NEWS)
     partners = {"partner-cq-tv": down.url, "partner-cq-news": ok.url}
     settings = load_settings(fanout_config(tmp_path, partners=partners), env_for(tmp_path))
     api = await make_client(settings)
-    body = red_wanzhou("dead")
+    body = red_wanzhou("dead") | {"channels": ["webhook"]}
+    body["expires_at"] = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
     await post_warning(api, body)
     state = await settled(api, body["id"])
     assert state["channels"]["webhook"] == {
@@ -278,13 +281,14 @@ async def test_exhausted_retries_are_dead_letters(
         "failed": 1,
         "stopped": 0,
     }
-    assert len(down.requests()) == 6  # the policy's attempts
+    assert len(down.requests()) > 6  # past the policy's `attempts: 6`
     failed = [e for e in await ledger(api, body["id"]) if e["stage"] == "failed"]
     assert len(failed) == 1
-    assert failed[0]["data"]["attempts"] == 6
-    dead = await (
-        await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed", headers=auth())
-    ).json()
+    assert failed[0]["data"]["attempts"] == len(down.requests())
+    assert failed[0]["data"]["error"] == "expired"
+    assert "503" in failed[0]["data"]["reason"]
+    resp = await api.get(f"/v1/warnings/{body['id']}/deliveries?state=failed", headers=auth())
+    dead = await resp.json()
     assert [d["endpoint"] for d in dead["deliveries"]] == ["partner-cq-tv"]
 
 

@@ -295,6 +295,7 @@ class EmailChannel(Channel):
     """
 
     name: ClassVar[str] = "email"
+    shared_transport: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -60,7 +60,8 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 """Seconds a send waits for its PUBACK once connected, queueing behind other sends included."""
 RECONNECT_MIN_DELAY = 0.5
-RECONNECT_MAX_DELAY = 30.0
+RECONNECT_MAX_DELAY = 2.0
+"""A broker back after a crash is found within this (deliveries wait for it meanwhile)."""
 KEEPALIVE = 30
 MAX_CONCURRENT_CALLS = 100
 """Publishes (and the ack subscription) waiting for the broker at once; the rest queue."""
@@ -109,6 +110,7 @@ class MqttChannel(Channel):
     """
 
     name: ClassVar[str] = "mqtt"
+    shared_transport: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -305,6 +307,7 @@ class MqttChannel(Channel):
                     self._conn = conn
                     self._ready.set()
                     was_up = True
+                    self.reconnected()
                     log.info("MQTT connected to %s:%s as %s", self.host, self.port, self.client_id)
                     try:
                         await self._read_acks(client)

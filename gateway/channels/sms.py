@@ -292,6 +292,7 @@ class SmsChannel(Channel):
     """
 
     name: ClassVar[str] = "sms"
+    shared_transport: ClassVar[bool] = True
 
     def __init__(self, provider: SmsProvider | None = None) -> None:
         self.provider = provider if provider is not None else StubProvider()
