@@ -18,7 +18,8 @@ from aiohttp import web
 
 from gateway.exceptions import NotFound
 from gateway.filing import filing_form, filing_html
-from gateway.stats import load_figures, parse_query, stats_report
+from gateway.stats_query import parse_query
+from gateway.stats_report import load_report
 
 HTML = "text/html"
 JSON = "application/json"
@@ -75,8 +76,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
     registry = request.app[REGISTRY]
     query = parse_query(request.query, datetime.now(UTC), registry)
-    figures = await load_figures(request.app[STORE], query)
-    return json_response(stats_report(query, figures, registry))
+    return json_response(await load_report(request.app[STORE], query, registry))
 
 
 def add_report_routes(app: web.Application) -> None:
