@@ -36,7 +36,9 @@ async def with_reference(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The answer, and the answer as the reference computation gives it from every row of
     every warning of the range the gateway took (defaults filled in)."""
-    store, names = api.server.app[STORE], api.server.app[REGISTRY]
+    app = api.app
+    assert app is not None
+    store, names = app[STORE], app[REGISTRY]
     doc = await stats(api, **params)
     query = StatsQuery(
         datetime.fromisoformat(doc["from"]), datetime.fromisoformat(doc["to"]), doc["district"]
