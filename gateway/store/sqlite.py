@@ -34,7 +34,7 @@ from gateway.ledger import (
     entry_hash,
     timestamp,
 )
-from gateway.store import sqlite_stats
+from gateway.store import sqlite_stats, sqlite_stats_read
 from gateway.store.base import (
     Cover,
     CoverageRow,
@@ -556,7 +556,7 @@ class SqliteStore:
     ) -> StatsFigures:
         assert self._r is not None
         lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
-        return await sqlite_stats.read(self._r, lo, hi, district, listed)
+        return await sqlite_stats_read.read(self._r, lo, hi, district, listed)
 
     async def active_warnings(self) -> list[StoredWarning]:
         assert self._r is not None
