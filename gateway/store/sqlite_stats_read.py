@@ -24,7 +24,6 @@ from gateway.store.base import (
     WarningTally,
 )
 
-
 _SUMMED = ("planned", "delivered", "failures", "open", "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
 _FIRST, _LAST, _FULL = TIME_FIGURES
