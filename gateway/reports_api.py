@@ -21,7 +21,8 @@ from gateway.exceptions import NotFound
 from gateway.filing import filing_form, filing_html
 from gateway.guard import read_response, requires
 from gateway.masking import mask
-from gateway.stats import load_figures, parse_query, stats_report
+from gateway.stats_query import parse_query
+from gateway.stats_report import load_report
 
 HTML = "text/html"
 JSON = "application/json"
@@ -80,69 +81,10 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 
     registry = request.app[REGISTRY]
     query = parse_query(request.query, datetime.now(UTC), registry)
-    figures = await load_figures(request.app[STORE], query)
-    return read_response(stats_report(query, figures, registry))
+    return read_response(await load_report(request.app[STORE], query, registry))
 
 
 def add_report_routes(app: web.Application) -> None:
     """Add GET /v1/warnings/{id}/filing and GET /v1/stats."""
     app.router.add_get("/v1/warnings/{id}/filing", get_filing)
     app.router.add_get("/v1/stats", get_stats)
-
-
-OPENAPI_PATHS: dict[str, object] = {
-    "/v1/warnings/{id}/filing": {
-        "get": {
-            "summary": "The annex-2 备案表 of a warning: JSON with annex 2's labels as keys, "
-            "or a printable HTML page with Accept: text/html",
-            "parameters": [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": {
-                    "description": "the filing form",
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "text/html": {"schema": {"type": "string"}},
-                    },
-                },
-                "404": {"$ref": "#/components/responses/Error"},
-            },
-        }
-    },
-    "/v1/stats": {
-        "get": {
-            "summary": "Art. 17/27 figures for warnings received in [from, to): times to first "
-            "and last delivery and to full coverage, success rate, retries, failures, "
-            "escalations; per warning, per district and per channel",
-            "parameters": [
-                {
-                    "name": "from",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "format": "date-time"},
-                    "description": "ISO 8601 with offset; default: seven days before `to`",
-                },
-                {
-                    "name": "to",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "format": "date-time"},
-                    "description": "ISO 8601 with offset, exclusive; default: now",
-                },
-                {
-                    "name": "district",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
-                    "description": "only warnings whose area touches this district",
-                },
-            ],
-            "responses": {
-                "200": {"description": "the figures"},
-                "400": {"$ref": "#/components/responses/Error"},
-            },
-        }
-    },
-}
-"""The two routes for gateway/openapi.json (test_openapi keeps that file equal to the routes)."""

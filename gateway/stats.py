@@ -26,90 +26,32 @@ delivery figures are the warning's, while full coverage and escalations are the 
 townships'); `by_channel` (deliveries on that channel). Time figures are summarised as
 count/median/p90/max seconds (p90 by nearest rank).
 
-The computation is pure (`warning_figures`, `aggregate`, `parse_query`); `load_figures` is the
-thin async loader. The store has no range query, so the loader walks the whole ledger for
-`received` entries: O(ledger) per request, acceptable for now.
+This module is the reference computation of these figures from a warning's ledger entries,
+deliveries and coverage rows (`warning_figures`, `aggregate`): pure, and O(everything) per
+warning. GET /v1/stats reads the same figures from aggregates the store keeps as deliveries
+finish (`Store.stats`, gateway/stats_report.py); the tests hold the two equal, and the SQLite
+store's migration fills its aggregates of an older database the same way.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from gateway.exceptions import FieldError, InvalidWarning
 from gateway.ledger import LedgerEntry, Stage
-from gateway.store import Store
-from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState, StoredWarning
-from gateway.townships import Registry
+from gateway.store.base import (
+    CoverageRow,
+    DeliveryRecord,
+    DeliveryState,
+    StoredWarning,
+    area_districts,
+)
 
-DEFAULT_RANGE = timedelta(days=7)
 ESCALATION_MARK = "/escalate-"
 _ENDED = (DeliveryState.DELIVERED, DeliveryState.FAILED)
 STOPPED = "stopped"  # the warning ended (art. 18) before the delivery was made
-TIME_FIGURES = ("first_delivery_s", "last_delivery_s", "full_coverage_s")
-
-
-# -- query --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StatsQuery:
-    """The range [start, end) of received times, and an optional district code."""
-
-    start: datetime
-    end: datetime
-    district: str | None = None
-
-
-_SPACED_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
-
-
-def _parse_time(name: str, raw: str, errors: list[FieldError]) -> datetime | None:
-    # An unencoded `+08:00` in a query string arrives as ` 08:00`; take it as meant.
-    text = _SPACED_OFFSET.sub(r"+\1", raw.strip())
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        errors.append(FieldError(name, f"not an ISO 8601 time: {raw!r}"))
-        return None
-    if at.tzinfo is None or at.utcoffset() is None:
-        errors.append(FieldError(name, "needs a UTC offset, e.g. 2026-07-01T00:00:00+08:00"))
-        return None
-    return at
-
-
-def parse_query(query: Mapping[str, str], now: datetime, registry: Registry) -> StatsQuery:
-    """The query of GET /v1/stats; raises InvalidWarning (`invalid_query`) with every field
-    error. Defaults: `to` now, `from` seven days before `to`."""
-    errors: list[FieldError] = []
-    start = end = None
-    if "from" in query:
-        start = _parse_time("from", query["from"], errors)
-    if "to" in query:
-        end = _parse_time("to", query["to"], errors)
-    district = query.get("district")
-    if district is not None:
-        if not re.fullmatch(r"\d{6}", district):
-            errors.append(FieldError("district", "not a 6-digit district code"))
-        elif district not in registry.districts:
-            errors.append(FieldError("district", f"unknown district code {district}"))
-    if not errors:
-        end = end or now
-        start = start or end - DEFAULT_RANGE
-        if start >= end:
-            errors.append(FieldError("from", "must be before to"))
-    if errors:
-        raise InvalidWarning(
-            f"the query has {len(errors)} invalid parameter(s)", code="invalid_query", errors=errors
-        )
-    assert start is not None
-    assert end is not None
-    return StatsQuery(start, end, district)
 
 
 # -- per warning ----------------------------------------------------------------------------------
@@ -163,7 +105,7 @@ class WarningFigures:
 
     @property
     def success_rate(self) -> float | None:
-        return _rate(self.delivered, self.planned - self.stopped)
+        return rate(self.delivered, self.planned - self.stopped)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -191,7 +133,7 @@ class WarningFigures:
                     "failures": c.failures,
                     "open": c.open,
                     "stopped": c.stopped,
-                    "success_rate": _rate(c.delivered, c.planned - c.stopped),
+                    "success_rate": rate(c.delivered, c.planned - c.stopped),
                     "retries": c.retries,
                     "escalation_deliveries": c.escalation_deliveries,
                     "first_delivery_s": c.first_delivery_s,
@@ -202,7 +144,7 @@ class WarningFigures:
         }
 
 
-def _rate(part: int, whole: int) -> float | None:
+def rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
@@ -218,13 +160,6 @@ def is_escalation(d: DeliveryRecord) -> bool:
 def is_follow_up(d: DeliveryRecord) -> bool:
     """A delivery that is not the warning itself nor an escalation (e.g. `clear`)."""
     return bool(d.purpose) and not is_escalation(d)
-
-
-def area_districts(stored: StoredWarning) -> list[str]:
-    """The district codes a warning's area touches, in the order the area names them."""
-    area = stored.warning.get("area", {})
-    codes = [*area.get("districts", []), *(t[:6] for t in area.get("townships", []))]
-    return list(dict.fromkeys(str(c) for c in codes))
 
 
 @dataclass
@@ -274,7 +209,7 @@ def warning_figures(
         level=int(stored.warning.get("level", 0)),
         hazard=str(stored.warning.get("hazard", "")),
         msg_type=str(stored.warning.get("msg_type", "alert")),
-        districts=area_districts(stored),
+        districts=area_districts(stored.warning),
     )
     firsts: dict[str, list[datetime]] = {}
     lasts: dict[str, list[datetime]] = {}
@@ -358,157 +293,3 @@ def _full_coverage(rows: Sequence[CoverageRow], t0: datetime) -> float | None:
     if not rows or any(r.covered_at is None for r in rows):
         return None
     return _seconds(max(datetime.fromisoformat(str(r.covered_at)) for r in rows), t0)
-
-
-# -- aggregates -----------------------------------------------------------------------------------
-
-
-def summary(values: Iterable[float | None]) -> dict[str, Any]:
-    """count, median, p90 (nearest rank) and max of the values that are not None."""
-    xs = sorted(v for v in values if v is not None)
-    if not xs:
-        return {"count": 0, "median": None, "p90": None, "max": None}
-    p90 = xs[max(0, math.ceil(0.9 * len(xs)) - 1)]
-    return {
-        "count": len(xs),
-        "median": round(statistics.median(xs), 3),
-        "p90": p90,
-        "max": xs[-1],
-    }
-
-
-@dataclass
-class _Sums:
-    warnings: int = 0
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
-    escalations: int = 0
-    escalation_deliveries: int = 0
-    times: dict[str, list[float | None]] = field(
-        default_factory=lambda: {k: [] for k in TIME_FIGURES}
-    )
-
-    def as_json(
-        self, *, coverage: bool = True, escalation_deliveries: bool = False
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "warnings": self.warnings,
-            "deliveries": self.planned,
-            "delivered": self.delivered,
-            "failures": self.failures,
-            "open": self.open,
-            "stopped": self.stopped,
-            "success_rate": _rate(self.delivered, self.planned - self.stopped),
-            "retries": self.retries,
-        }
-        if escalation_deliveries:
-            out["escalation_deliveries"] = self.escalation_deliveries
-        else:
-            out["escalations"] = self.escalations
-        for key in TIME_FIGURES:
-            if coverage or key != "full_coverage_s":
-                out[key] = summary(self.times[key])
-        return out
-
-
-def _add_warning(s: _Sums, w: WarningFigures) -> None:
-    s.warnings += 1
-    s.planned += w.planned
-    s.delivered += w.delivered
-    s.failures += w.failures
-    s.open += w.open
-    s.stopped += w.stopped
-    s.retries += w.retries
-    s.times["first_delivery_s"].append(w.first_delivery_s)
-    s.times["last_delivery_s"].append(w.last_delivery_s)
-
-
-def aggregate(
-    figures: Sequence[WarningFigures],
-    *,
-    district: str | None = None,
-    names: Registry | None = None,
-) -> dict[str, Any]:
-    """totals, by_district and by_channel over `figures`; with `district`, by_district has
-    that district only."""
-    totals = _Sums()
-    districts: dict[str, _Sums] = {}
-    channels: dict[str, _Sums] = {}
-    for w in figures:
-        _add_warning(totals, w)
-        totals.escalations += w.escalations
-        totals.times["full_coverage_s"].append(w.full_coverage_s)
-        for code in w.districts:
-            if district is not None and code != district:
-                continue
-            d = districts.setdefault(code, _Sums())
-            _add_warning(d, w)
-            own = w.by_district.get(code, DistrictFigures())
-            d.escalations += own.escalations
-            d.times["full_coverage_s"].append(own.full_coverage_s)
-        for name, c in w.channels.items():
-            s = channels.setdefault(name, _Sums())
-            s.warnings += c.planned > 0
-            s.planned += c.planned
-            s.delivered += c.delivered
-            s.failures += c.failures
-            s.open += c.open
-            s.stopped += c.stopped
-            s.retries += c.retries
-            s.escalation_deliveries += c.escalation_deliveries
-            if c.planned:
-                s.times["first_delivery_s"].append(c.first_delivery_s)
-                s.times["last_delivery_s"].append(c.last_delivery_s)
-    by_district: dict[str, Any] = {}
-    for code, d in sorted(districts.items()):
-        by_district[code] = {"name": names.name(code) if names else code, **d.as_json()}
-    return {
-        "totals": totals.as_json(),
-        "by_district": by_district,
-        "by_channel": {
-            name: s.as_json(coverage=False, escalation_deliveries=True)
-            for name, s in sorted(channels.items())
-        },
-    }
-
-
-def stats_report(
-    query: StatsQuery, figures: Sequence[WarningFigures], names: Registry | None = None
-) -> dict[str, Any]:
-    """The GET /v1/stats answer."""
-    ordered = sorted(figures, key=lambda w: (w.received_at, w.warning_id))
-    return {
-        "from": query.start.isoformat(),
-        "to": query.end.isoformat(),
-        "district": query.district,
-        **aggregate(ordered, district=query.district, names=names),
-        "warnings": [w.as_json() for w in ordered],
-    }
-
-
-# -- loader ---------------------------------------------------------------------------------------
-
-
-async def load_figures(store: Store, query: StatsQuery) -> list[WarningFigures]:
-    """The figures of every accepted warning received in the query's range and area.
-
-    Refused warnings are not stored and so not counted.
-    """
-    out: list[WarningFigures] = []
-    for stored in await store.warnings_received(query.start, query.end):
-        wid = stored.id
-        if query.district is not None and query.district not in area_districts(stored):
-            continue
-        out.append(
-            warning_figures(
-                stored,
-                await store.entries_for(wid),
-                await store.deliveries_for(wid),
-                await store.coverage_for(wid),
-            )
-        )
-    return out

@@ -16,7 +16,8 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.ledger import LedgerEntry
 from gateway.samples import red_rainstorm_wanzhou
-from gateway.stats import aggregate, summary, warning_figures
+from gateway.stats import warning_figures
+from gateway.stats_report import aggregate, summary
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from tests.conftest import GatewayClient
 from tests.fanout import WANZHOU_COVERED, post_warning, settled

@@ -1,4 +1,5 @@
-"""The Store protocol: warnings, their idempotency record, and the hash-chained ledger."""
+"""The Store protocol: warnings, their idempotency record, the hash-chained ledger, and the
+dissemination aggregates that GET /v1/stats reads (`StatsFigures`)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,97 @@ class DeliveryUpdate:
     receipt: dict[str, Any] | None = None
 
 
+def area_districts(warning: dict[str, Any]) -> list[str]:
+    """The district codes a warning's area touches, in the order the area names them."""
+    area = warning.get("area", {})
+    codes = [*area.get("districts", []), *(t[:6] for t in area.get("townships", []))]
+    return list(dict.fromkeys(str(c) for c in codes))
+
+
+TIME_FIGURES = ("first_delivery_s", "last_delivery_s", "full_coverage_s")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Order statistics of one time figure over many warnings, in microseconds since each
+    warning was received: the count, the two middle values (equal for an odd count), the
+    90th percentile by nearest rank (the value at rank ceil(0.9 * count)) and the maximum."""
+
+    count: int = 0
+    mid_low: int = 0
+    mid_high: int = 0
+    p90: int = 0
+    max: int = 0
+
+
+@dataclass
+class Tally:
+    """Sums over warnings (totals, a district) or over one channel's deliveries, and a `Spread`
+    per name of TIME_FIGURES that applies (absent: no value)."""
+
+    warnings: int = 0
+    planned: int = 0
+    delivered: int = 0
+    failures: int = 0
+    open: int = 0
+    stopped: int = 0
+    retries: int = 0
+    escalations: int = 0
+    escalation_deliveries: int = 0
+    times: dict[str, Spread] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChannelTally:
+    """One channel's deliveries of one warning; times in microseconds since it was received
+    (`last_delivery_us` is None while one of them is open)."""
+
+    planned: int = 0
+    delivered: int = 0
+    failures: int = 0
+    open: int = 0
+    stopped: int = 0
+    retries: int = 0
+    escalation_deliveries: int = 0
+    first_delivery_us: int | None = None
+    last_delivery_us: int | None = None
+
+
+@dataclass(frozen=True)
+class WarningTally:
+    """One warning's figures as the aggregates hold them (see gateway/stats.py)."""
+
+    warning_id: str
+    received_at: datetime
+    level: int
+    hazard: str
+    msg_type: str
+    districts: list[str]
+    planned: int = 0
+    delivered: int = 0
+    failures: int = 0
+    open: int = 0
+    stopped: int = 0
+    retries: int = 0
+    escalations: int = 0
+    first_delivery_us: int | None = None
+    last_delivery_us: int | None = None
+    full_coverage_us: int | None = None
+    channels: dict[str, ChannelTally] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatsFigures:
+    """The answer of `Store.stats`: `totals`, `by_district` (a warning counts for each district
+    of its area; coverage and escalations are the district's own), `by_channel`, and the
+    latest warnings of the range in full, oldest first."""
+
+    totals: Tally
+    by_district: dict[str, Tally]
+    by_channel: dict[str, Tally]
+    warnings: list[WarningTally]
+
+
 class Store(Protocol):
     """Durable state. Every write is durable when its coroutine returns.
 
@@ -188,6 +280,17 @@ class Store(Protocol):
 
     async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
         """Accepted warnings received in [start, end), oldest first."""
+        ...
+
+    async def stats(
+        self, start: datetime, end: datetime, district: str | None, listed: int
+    ) -> StatsFigures:
+        """The art. 17/27 figures of the warnings received in [start, end) (with `district`:
+        only those whose area touches it), as defined in gateway/stats.py, and the latest
+        `listed` of them in full. Read from aggregates that the writes above keep in their
+        own transactions (per warning, per warning and channel, per warning and district, per
+        delivery), never by walking deliveries or the ledger: the cost grows with the number
+        of warnings in the range only. An empty range gives zero counts and no spreads."""
         ...
 
     async def active_warnings(self) -> list[StoredWarning]:

@@ -5,7 +5,8 @@ commit), so concurrent ingests and delivery outcomes share one fsync. The writer
 the hash chain, which keeps the ledger strictly ordered. The write connection lives on a thread
 of its own, and a batch's statements and commit run there in one call: the event loop hands a
 batch over once instead of once per statement. Reads use a second connection (aiosqlite) and
-so never see a transaction that has not committed.
+so never see a transaction that has not committed. The aggregates GET /v1/stats reads are
+kept by the same transactions (gateway/store/sqlite_stats.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from gateway.ledger import (
     entry_hash,
     timestamp,
 )
-from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
+from gateway.store import sqlite_stats, sqlite_stats_read
+from gateway.store.base import (
+    Cover,
+    CoverageRow,
+    DeliveryRecord,
+    DeliveryUpdate,
+    StatsFigures,
+    StoredWarning,
+)
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
@@ -129,6 +138,9 @@ class _Rows:
     retired: list[tuple[object, ...]] = field(default_factory=list)
     stopped: list[tuple[object, ...]] = field(default_factory=list)
     ledger: list[tuple[object, ...]] = field(default_factory=list)
+    stats_warnings: list[tuple[object, ...]] = field(default_factory=list)
+    stats_districts: list[tuple[object, ...]] = field(default_factory=list)
+    tally: sqlite_stats.LedgerTally = field(default_factory=sqlite_stats.LedgerTally)
 
     def add(self, w: _Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
         """Queue the rows of `w`; its result, (stored, False) when the id is taken."""
@@ -138,7 +150,11 @@ class _Rows:
             if prior is not None:
                 return (prior, False)
             known[w.warning.id] = w.warning
-            self.warnings.append(_warning_row(w.warning))
+            row = _warning_row(w.warning)
+            self.warnings.append(row)
+            stats_row, districts = sqlite_stats.warning_rows(w.warning, row[5])
+            self.stats_warnings.append(stats_row)
+            self.stats_districts.extend(districts)
             self.coverage.extend((c.warning_id, c.township, int(c.blind_spot)) for c in w.coverage)
             result = (w.warning, True)
         self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
@@ -164,6 +180,8 @@ class _Rows:
         unfinished = "WHERE id = ? AND state IN ('pending', 'sent')"
         out = [
             ("INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?)", self.warnings),
+            (sqlite_stats.INSERT_WARNING, self.stats_warnings),
+            (sqlite_stats.INSERT_DISTRICT, self.stats_districts),
             ("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,NULL,?)", self.deliveries),
             (
                 "INSERT INTO coverage (warning_id, township, blind_spot) VALUES (?,?,?)",
@@ -197,6 +215,10 @@ class _Rows:
                 self.stopped,
             ),
             ("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", self.ledger),
+            # After the state changes above: a delivery's end counts once it is final.
+            (sqlite_stats.UPSERT_DELIVERY, self.tally.delivery_rows()),
+            (sqlite_stats.ESCALATED_WARNING, self.tally.escalated),
+            (sqlite_stats.ESCALATED_DISTRICT, self.tally.escalated_districts),
         ]
         return [(sql, params) for sql, params in out if params]
 
@@ -307,6 +329,7 @@ class SqliteStore:
         for pragma in _PRAGMAS:
             conn.execute(pragma)
         conn.executescript(_SCHEMA)
+        sqlite_stats.create(conn)
         last = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         if last is not None:
             self._seq, self._hash = int(last[0]), str(last[1])
@@ -426,6 +449,7 @@ class SqliteStore:
             stage = draft.stage.value
             digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
             rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
+            rows.tally.add(draft)
             prev = digest
         await self._in_thread(functools.partial(self._execute, rows.statements()))
         self._seq, self._hash = seq, prev
@@ -532,6 +556,13 @@ class SqliteStore:
         )
         async with self._r.execute(sql, (lo, hi)) as cur:
             return [_to_warning(r) for r in await cur.fetchall()]
+
+    async def stats(
+        self, start: datetime, end: datetime, district: str | None, listed: int
+    ) -> StatsFigures:
+        assert self._r is not None
+        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
+        return await sqlite_stats_read.read(self._r, lo, hi, district, listed)
 
     async def active_warnings(self) -> list[StoredWarning]:
         assert self._r is not None

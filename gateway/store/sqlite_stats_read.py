@@ -1,0 +1,163 @@
+"""`Store.stats` for the SQLite store: a few indexed queries over the aggregate tables of
+gateway/store/sqlite_stats.py, for the warnings received in the range only.
+
+The sums are SQL aggregates. The time figures need order statistics (median, p90 by nearest
+rank, max) of one value per warning (per warning and district, per warning and channel): the
+values of the range come back as one text per group and are sorted here. That is O(warnings in
+range) per call, with a small constant; no delivery row and no ledger entry is read.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from gateway.store.base import (
+    TIME_FIGURES,
+    ChannelTally,
+    Spread,
+    StatsFigures,
+    Tally,
+    WarningTally,
+)
+
+_SUMMED = ("planned", "delivered", "failures", "open", "stopped", "retries")
+_SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
+_FIRST, _LAST, _FULL = TIME_FIGURES
+_SPREADS = f"""
+v (kind, grp, fig, x) AS (
+    SELECT 't', '', '{_FIRST}', first_us - received_us FROM w WHERE first_us IS NOT NULL
+    UNION ALL SELECT 't', '', '{_LAST}', last_us - received_us FROM w
+        WHERE open = 0 AND last_us IS NOT NULL
+    UNION ALL SELECT 't', '', '{_FULL}', covered_us - received_us FROM w
+        WHERE townships > 0 AND covered = townships
+    UNION ALL SELECT 'd', d.district, '{_FIRST}', w.first_us - w.received_us FROM {{wd}}
+        WHERE w.first_us IS NOT NULL
+    UNION ALL SELECT 'd', d.district, '{_LAST}', w.last_us - w.received_us FROM {{wd}}
+        WHERE w.open = 0 AND w.last_us IS NOT NULL
+    UNION ALL SELECT 'd', d.district, '{_FULL}', d.covered_us - w.received_us FROM {{wd}}
+        WHERE d.townships > 0 AND d.covered = d.townships
+    UNION ALL SELECT 'c', c.channel, '{_FIRST}', c.first_us - w.received_us FROM {{wc}}
+        WHERE c.planned > 0 AND c.first_us IS NOT NULL
+    UNION ALL SELECT 'c', c.channel, '{_LAST}', c.last_us - w.received_us FROM {{wc}}
+        WHERE c.planned > 0 AND c.open = 0 AND c.last_us IS NOT NULL
+)
+SELECT kind, grp, fig, group_concat(x) FROM v GROUP BY kind, grp, fig
+"""
+_LISTED = """
+SELECT warning_id, received_at, level, hazard, msg_type, districts,
+    planned, delivered, failures, open, stopped, retries, escalations,
+    first_us - received_us,
+    CASE WHEN open = 0 THEN last_us - received_us END,
+    CASE WHEN townships > 0 AND covered = townships THEN covered_us - received_us END
+FROM w ORDER BY received_at DESC, warning_id DESC LIMIT :n
+"""
+_CHANNELS = """
+SELECT c.warning_id, c.channel, c.planned, c.delivered, c.failures, c.open, c.stopped,
+    c.retries, c.escalation_deliveries, c.first_us - s.received_us,
+    CASE WHEN c.open = 0 AND c.planned > 0 THEN c.last_us - s.received_us END
+FROM stats_channel AS c JOIN stats_warning AS s USING (warning_id)
+WHERE c.warning_id IN ({marks}) ORDER BY c.channel
+"""
+
+
+async def read(
+    conn: aiosqlite.Connection, lo: str, hi: str, district: str | None, listed: int
+) -> StatsFigures:
+    """`Store.stats` over the UTC received-at texts [lo, hi)."""
+    args: dict[str, object] = {"lo": lo, "hi": hi, "d": district, "n": listed}
+    if district is None:
+        inrange = "SELECT * FROM stats_warning WHERE received_at >= :lo AND received_at < :hi"
+    else:
+        inrange = (
+            "SELECT s.* FROM stats_district AS x JOIN stats_warning AS s USING (warning_id) "
+            "WHERE x.district = :d AND x.received_at >= :lo AND x.received_at < :hi"
+        )
+    own = "" if district is None else " AND d.district = :d"
+    wd = f"w JOIN stats_district AS d ON d.warning_id = w.warning_id{own}"
+    wc = "w JOIN stats_channel AS c ON c.warning_id = w.warning_id"
+    w = f"WITH w AS ({inrange}) "
+    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
+    for kind, sql in (
+        ("t", f"SELECT '', count(*), {_SUMS.format(t='w')}, sum(w.escalations), 0 FROM w"),
+        (
+            "d",
+            f"SELECT d.district, count(*), {_SUMS.format(t='w')}, sum(d.escalations), 0 "
+            f"FROM {wd} GROUP BY d.district",
+        ),
+        (
+            "c",
+            f"SELECT c.channel, sum(c.planned > 0), {_SUMS.format(t='c')}, 0, "
+            f"sum(c.escalation_deliveries) FROM {wc} GROUP BY c.channel",
+        ),
+    ):
+        for r in await _rows(conn, w + sql, args):
+            tallies[kind][r[0]] = _tally([int(v or 0) for v in r[1:10]])
+    spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
+    for kind, grp, fig, values in await _rows(conn, spreads, args):
+        tallies[kind][grp].times[fig] = _spread(sorted(map(int, values.split(","))))
+    found = list(reversed(await _rows(conn, w + _LISTED, args)))
+    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
+
+
+def _spread(xs: list[int]) -> Spread:
+    """The order statistics of sorted values."""
+    n = len(xs)
+    return Spread(n, xs[(n - 1) // 2], xs[n // 2], xs[(9 * n + 9) // 10 - 1], xs[-1])
+
+
+def _tally(n: list[int]) -> Tally:
+    warnings, planned, delivered, failures, open_, stopped, retries, esc, esc_deliveries = n
+    return Tally(
+        warnings=warnings,
+        planned=planned,
+        delivered=delivered,
+        failures=failures,
+        open=open_,
+        stopped=stopped,
+        retries=retries,
+        escalations=esc,
+        escalation_deliveries=esc_deliveries,
+    )
+
+
+async def _rows(conn: aiosqlite.Connection, sql: str, params: Any) -> list[Any]:
+    async with conn.execute(sql, params) as cur:
+        return list(await cur.fetchall())
+
+
+async def _listed(conn: aiosqlite.Connection, found: list[Any]) -> list[WarningTally]:
+    """The warnings of `found` (`_LISTED` rows) with their channels."""
+    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
+    if found:
+        sql = _CHANNELS.format(marks=",".join("?" * len(found)))
+        for r in await _rows(conn, sql, [r[0] for r in found]):
+            channels[r[0]][r[1]] = ChannelTally(*r[2:])
+    out = []
+    for r in found:
+        planned, delivered, failures, open_, stopped, retries, escalations = r[6:13]
+        out.append(
+            WarningTally(
+                warning_id=r[0],
+                received_at=datetime.fromisoformat(r[1]),
+                level=r[2],
+                hazard=r[3],
+                msg_type=r[4],
+                districts=json.loads(r[5]),
+                planned=planned,
+                delivered=delivered,
+                failures=failures,
+                open=open_,
+                stopped=stopped,
+                retries=retries,
+                escalations=escalations,
+                first_delivery_us=r[13],
+                last_delivery_us=r[14],
+                full_coverage_us=r[15],
+                channels=channels[r[0]],
+            )
+        )
+    return out
