@@ -32,13 +32,14 @@ from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import ConfigError
-from gateway.flow import CircuitBreaker, RateLimiter
+from gateway.flow import DEFAULT_PER_ENDPOINT, CircuitBreaker, RateLimiter
 from gateway.guard import AUTH
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.policies.authority import AuthorityPolicy
 from gateway.receipts import ReceiptDesk
+from gateway.reconcile import Reconciler
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry
@@ -91,6 +92,7 @@ def build_app(
                     concurrency=cs.concurrency if cs else 16,
                     retry=cs.retry.policy() if cs else settings.channels.sms.retry.policy(),
                     rate=RateLimiter(cs.rate_per_s) if cs and cs.rate_per_s > 0 else None,
+                    per_endpoint=cs.per_endpoint if cs else DEFAULT_PER_ENDPOINT,
                 )
             breaker = CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s)
             dispatcher = Dispatcher(
@@ -121,6 +123,16 @@ def build_app(
                 clock=clock,
             )
             await stack.enter_async_context(dispatcher)
+            if "mqtt" in runtimes:
+                reconciler = Reconciler(
+                    store,
+                    runtimes["mqtt"].channel,
+                    book,
+                    clock=clock,
+                    retired=dispatcher.retired,
+                    interval_s=settings.channels.mqtt.reconcile_s,
+                )
+                await stack.enter_async_context(reconciler)
             await stack.enter_async_context(tracker)
             await stack.enter_async_context(lifecycle)
             yield

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clients import DEFAULT_SCOPES, Client, Scope, with_tokens
 from gateway.exceptions import ConfigError
+from gateway.flow import DEFAULT_PER_ENDPOINT, DEFAULT_RECONCILE_S
 from gateway.policies.retry import (
     DEFAULT_ATTEMPTS,
     DEFAULT_INITIAL_S,
@@ -70,6 +71,7 @@ class _ChannelCommon(BaseModel):
     enabled: bool = True
     concurrency: int = Field(default=16, ge=1, le=10_000)
     rate_per_s: float = Field(default=0, ge=0, description="0 = unlimited")
+    per_endpoint: int = Field(default=DEFAULT_PER_ENDPOINT, ge=1, le=10_000)
     retry: RetrySettings = RetrySettings()
 
 
@@ -78,6 +80,7 @@ class MqttSettings(_ChannelCommon):
     prefix: str = Field(default="cq/warnings", pattern=r"^[^#+]+[^/#+]$")
     protocol: Literal["5", "3.1.1"] = "5"
     concurrency: int = Field(default=64, ge=1, le=10_000)
+    reconcile_s: float = Field(default=DEFAULT_RECONCILE_S, ge=1, le=86400)
 
 
 class EmailSettings(_ChannelCommon):

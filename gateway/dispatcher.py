@@ -46,7 +46,13 @@ from gateway.channels.base import (
 )
 from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, EndpointSlots, LeadGate, RateLimiter
+from gateway.flow import (
+    DEFAULT_PER_ENDPOINT,
+    CircuitBreaker,
+    EndpointSlots,
+    LeadGate,
+    RateLimiter,
+)
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
@@ -66,7 +72,7 @@ LEAD_MAX_HOLD_S = 1.0
 CLEAR_GRACE_S = 3600.0
 _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
-DEFAULT_PER_ENDPOINT = 4
+RETIRED_KEPT = 10_000
 # A worker whose sends complete without suspending (a stub) lets others run this often.
 YIELD_EVERY = 32
 Sleep = Callable[[float], Awaitable[None]]
@@ -135,6 +141,7 @@ class Dispatcher:
         self._sending: dict[asyncio.Task[Any], _Job] = {}
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self._retired: dict[str, None] = {}  # warnings stopped lately, oldest first
         self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
         self._room: WaitRoom[_Job] = WaitRoom(
             self._requeue, rank=lambda job: job.rec.level, sleep=sleep, probe_s=probe_s
@@ -216,6 +223,9 @@ class Dispatcher:
         has already marked stopped: drop the queued ones, interrupt the sends in flight and
         return once none of them can still reach an endpoint."""
         self._covered.pop(warning_id, None)
+        self._retired[warning_id] = None
+        if len(self._retired) > RETIRED_KEPT:
+            del self._retired[next(iter(self._retired))]
         jobs = self._jobs.pop(warning_id, set())
         for job in jobs:
             job.stopped = True
@@ -227,6 +237,10 @@ class Dispatcher:
                 halted.append(job.halted)
                 task.cancel()
         await asyncio.gather(*halted)
+
+    def retired(self, warning_id: str) -> bool:
+        """Whether `warning_id` was stopped (superseded, cancelled, expired) lately."""
+        return warning_id in self._retired
 
     def wake(self, channel: str) -> None:
         """The channel's connection is back: its waiting deliveries go now, its endpoints'

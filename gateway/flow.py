@@ -17,6 +17,11 @@ _EPSILON = 1e-9
 Monotonic = Callable[[], float]
 T = TypeVar("T")
 
+DEFAULT_PER_ENDPOINT = 4
+"""Sends to one endpoint in flight at most (design.md: a hanging endpoint holds few workers)."""
+DEFAULT_RECONCILE_S = 300.0
+"""Seconds between reconciliations of retained MQTT messages (also after every reconnect)."""
+
 
 class RateLimiter:
     """A token bucket: `rate` acquisitions per second on average, bursts up to `burst`."""

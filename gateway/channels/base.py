@@ -222,16 +222,16 @@ class Channel(ABC):
     """One connection serves every endpoint (a broker, an SMTP server, an SMS provider): a send
     that succeeds through it, or its reconnection, wakes all of the channel's waiting
     deliveries. False: each endpoint is its own far side (a partner's server)."""
-    _reconnected: Callable[[], None] | None = None
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """Have `callback` called each time the channel's connection is (re)established."""
-        self._reconnected = callback
+        # Kept in the instance's dict so adapters need not call a base __init__.
+        vars(self).setdefault("_on_reconnect", []).append(callback)
 
     def reconnected(self) -> None:
         """For adapters: report that the connection is (again) up."""
-        if self._reconnected is not None:
-            self._reconnected()
+        for callback in vars(self).get("_on_reconnect", ()):
+            callback()
 
     async def __aenter__(self) -> Self:
         return self

@@ -570,6 +570,16 @@ class SqliteStore:
         async with self._r.execute(sql) as cur:
             return [_to_warning(r) for r in await cur.fetchall()]
 
+    async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
+        assert self._r is not None
+        # expires_at keeps its sender's offset; julianday() compares it as a time.
+        sql = (
+            f"SELECT {_WARNING_COLUMNS} FROM warnings "
+            "WHERE julianday(expires_at) > julianday(?) ORDER BY received_at"
+        )
+        async with self._r.execute(sql, (timestamp(now.astimezone(UTC)),)) as cur:
+            return [_to_warning(r) for r in await cur.fetchall()]
+
     async def ping(self) -> None:
         assert self._r is not None
         async with self._r.execute("SELECT 1") as cur:
