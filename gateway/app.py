@@ -121,6 +121,7 @@ def build_app(
                 tracker=tracker,
                 lifecycle=lifecycle,
                 clock=clock,
+                limits=settings.limits,
             )
             await stack.enter_async_context(dispatcher)
             if "mqtt" in runtimes:

@@ -31,6 +31,7 @@ import xmlschema
 from defusedxml import DefusedXmlException, DTDForbidden
 
 from gateway.exceptions import FieldError, InvalidWarning, PayloadTooLarge
+from gateway.text import unicode_errors
 from gateway.townships import Registry, normalise
 
 DEFAULT_CAP_SENDER = "cq-warning-gateway@example.org"
@@ -121,6 +122,8 @@ def cap_to_document(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
     root = _parse(raw)
     errors: list[FieldError] = []
     doc = _alert(root, errors)
+    # An XML parser refuses what UTF-8 cannot carry; checked anyway, as for JSON bodies.
+    errors.extend(unicode_errors(doc))
     if errors:
         raise InvalidWarning(
             f"the CAP message has {len(errors)} problem(s)", code=INVALID_CAP, errors=errors

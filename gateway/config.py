@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.clients import DEFAULT_SCOPES, Client, Scope, with_tokens
 from gateway.exceptions import ConfigError
 from gateway.flow import DEFAULT_PER_ENDPOINT, DEFAULT_RECONCILE_S
+from gateway.model import (
+    DEFAULT_MAX_VALIDITY_DAYS,
+    DEFAULT_SENT_FUTURE_S,
+    DEFAULT_SENT_PAST_S,
+    Limits,
+)
 from gateway.policies.retry import (
     DEFAULT_ATTEMPTS,
     DEFAULT_INITIAL_S,
@@ -50,9 +56,23 @@ class MetricsSettings(BaseModel):
     """Whether GET /metrics answers without a `read` token (a scraper on a private network)."""
 
 
+class _SentWindow(BaseModel):
+    """How far a new warning's sent_at may lie from the gateway's clock, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    past: float = Field(default=DEFAULT_SENT_PAST_S, gt=0, le=7 * 86400)
+    future: float = Field(default=DEFAULT_SENT_FUTURE_S, ge=0, le=86400)
+
+
 class _IngestFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=16 * 1024 * 1024)
+    sent_window_s: _SentWindow = _SentWindow()
+    # 366 days keeps every expiry far inside what MQTT (2^32-1 s) and email dates can carry.
+    max_validity_days: int = Field(default=DEFAULT_MAX_VALIDITY_DAYS, ge=1, le=366)
+
+    def limits(self) -> Limits:
+        return Limits(self.sent_window_s.past, self.sent_window_s.future, self.max_validity_days)
 
 
 class RetrySettings(BaseModel):
@@ -163,6 +183,8 @@ class Settings:
     breaker: BreakerSettings
     coverage: CoverageSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    limits: Limits = field(default_factory=Limits)
+    """The time window of a new warning (`ingest.sent_window_s`, `ingest.max_validity_days`)."""
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from; webhook secrets are looked up in it."""
@@ -316,6 +338,7 @@ def load_settings(
         breaker=data.breaker,
         coverage=data.coverage,
         metrics=data.metrics,
+        limits=data.ingest.limits(),
         secrets=secrets,
         env=dict(env),
     )

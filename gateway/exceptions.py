@@ -4,6 +4,7 @@ GatewayError
 ├── ConfigError            bad or missing configuration (file, key, reason); exit code 2
 ├── RequestError           a request the gateway answers with an error body
 │   ├── InvalidWarning     400, with every field error of the body
+│   │   └── Unstorable     400, what the store cannot encode (also a ValueError); refused alone
 │   ├── PayloadTooLarge    413
 │   ├── Unauthenticated    401
 │   ├── Refused            403, an authority refusal with its `code` (annex 1, art. 15)
@@ -65,6 +66,12 @@ class RequestError(GatewayError):
 class InvalidWarning(RequestError):
     status = 400
     default_code = "invalid_body"
+
+
+class Unstorable(InvalidWarning, ValueError):
+    """A write the store cannot encode (text that is not valid Unicode, a value JSON or SQLite
+    cannot hold). Raised to its caller before the write joins a group commit, so no other
+    request's write fails with it."""
 
 
 class PayloadTooLarge(RequestError):

@@ -30,11 +30,12 @@ from gateway.exceptions import (
 from gateway.ledger import LedgerDraft, Stage, canonical_json
 from gateway.lifecycle import Lifecycle, clear_deliveries
 from gateway.metrics import Metrics
-from gateway.model import MsgType, Warning, as_json_dict, parse_warning
+from gateway.model import Limits, MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy, Authorization, check_issuing_unit
 from gateway.policies.routing import Plan, delivery_id, plan
 from gateway.store import Store, StoredWarning
 from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
+from gateway.text import unicode_errors
 from gateway.townships import Registry
 
 Clock = Callable[[], datetime]
@@ -66,6 +67,7 @@ class Ingest:
         tracker: CoverageTracker | None = None,
         lifecycle: Lifecycle | None = None,
         clock: Clock = utc_now,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -77,6 +79,7 @@ class Ingest:
         self.tracker = tracker
         self.lifecycle = lifecycle
         self.clock = clock
+        self.limits = limits or Limits()
 
     async def submit(self, raw: bytes, client: Client) -> tuple[int, dict[str, Any]]:
         """(HTTP status, answer) for a JSON body: 202 when accepted, 200 for a repeat."""
@@ -95,7 +98,10 @@ class Ingest:
                 prior = await self.store.get_warning(wid)
                 if prior is not None:
                     return self._replay(prior, digest)
-            warning = parse_warning(raw, registry=self.registry, now=received_at)
+            # After the replay check: a stored id answers as it did, whatever the clock says.
+            warning = parse_warning(
+                raw, registry=self.registry, now=received_at, limits=self.limits
+            )
             replaced = await self._replaced(warning, received_at)
             authorization = self._authorize(warning, client, replaced)
         old_deliveries = await self.store.deliveries_for(replaced.id) if replaced else []
@@ -293,6 +299,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidWarning(
             "the body must be a JSON object", errors=[_body_error("not an object")]
         )
+    # Before anything hashes or stores it: json.loads lets "\ud800" escapes through.
+    errors = unicode_errors(doc)
+    if errors:
+        raise InvalidWarning("the body holds text that is not valid Unicode", errors=errors)
     return doc
 
 

@@ -7,11 +7,13 @@ pydantic's validation context, so they are reported together with the structural
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -25,6 +27,7 @@ from pydantic import (
 
 from gateway.exceptions import FieldError, InvalidWarning
 from gateway.release_list import Category
+from gateway.text import in_utc, no_controls, one_line, visible
 from gateway.townships import Registry, normalise
 from gateway.yamlfile import dotted
 
@@ -34,10 +37,38 @@ MAX_TITLE = 200
 MAX_CONTENT = 4000
 MAX_TEXT = 2000
 MAX_CODES = 2000
+DEFAULT_SENT_PAST_S = 3600.0
+"""How long before now a new warning's sent_at may lie (`ingest.sent_window_s.past`)."""
+DEFAULT_SENT_FUTURE_S = 300.0
+"""How far ahead of now a new warning's sent_at may lie (`ingest.sent_window_s.future`)."""
+DEFAULT_MAX_VALIDITY_DAYS = 30
+"""How long after sent_at a warning may expire (`ingest.max_validity_days`)."""
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-Unit = Annotated[str, Field(min_length=1, max_length=MAX_UNIT)]
-Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+
+@dataclass(frozen=True)
+class Limits:
+    """The time window a new warning must fit (design.md, "Warning": sent_at, expires_at)."""
+
+    sent_past_s: float = DEFAULT_SENT_PAST_S
+    sent_future_s: float = DEFAULT_SENT_FUTURE_S
+    max_validity_days: int = DEFAULT_MAX_VALIDITY_DAYS
+
+    @property
+    def max_validity(self) -> timedelta:
+        return timedelta(days=self.max_validity_days)
+
+
+OneLine = Annotated[str, AfterValidator(one_line)]
+Text = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TEXT),
+    AfterValidator(no_controls),
+    AfterValidator(visible),
+]
+Unit = Annotated[
+    str, Field(min_length=1, max_length=MAX_UNIT), AfterValidator(one_line), AfterValidator(visible)
+]
+Timestamp = Annotated[AwareDatetime, Field(strict=True), AfterValidator(in_utc)]
 
 
 class MsgType(StrEnum):
@@ -81,19 +112,35 @@ class JointIssuer(_Strict):
     role: Unit
 
 
+def _approval_time(v: datetime | None, info: ValidationInfo) -> datetime | None:
+    """An approval is not given ahead of now, nor longer ago than a warning may be valid."""
+    now, limits = _clock(info)
+    if v is None or now is None:
+        return v
+    if v - now > timedelta(seconds=limits.sent_future_s):
+        raise ValueError("lies in the future")
+    if now - v > limits.max_validity:
+        raise ValueError(f"more than {limits.max_validity_days} days ago")
+    return v
+
+
 class HigherApproval(_Strict):
     unit: Unit
     approved_at: Timestamp
     ref: Unit | None = None
 
+    _approved_at = field_validator("approved_at")(_approval_time)
+
 
 class Approval(_Strict):
     """Approval is checked by the authority policy: a missing part is a 403, not a 400."""
 
-    approved_by: Annotated[str, Field(max_length=MAX_UNIT)] | None = None
+    approved_by: Annotated[str, Field(max_length=MAX_UNIT), AfterValidator(one_line)] | None = None
     approved_at: Timestamp | None = None
     ref: Unit | None = None
     higher_approval: HigherApproval | None = None
+
+    _approved_at = field_validator("approved_at")(_approval_time)
 
 
 class Area(_Strict):
@@ -144,8 +191,18 @@ class Warning(_Strict):
     category: Category
     hazard: Unit
     level: StrictInt = Field(ge=1, le=4)
-    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE)]
-    content: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT)]
+    title: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_TITLE),
+        AfterValidator(one_line),
+        AfterValidator(visible),
+    ]
+    content: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_CONTENT),
+        AfterValidator(no_controls),
+        AfterValidator(visible),
+    ]
     development: Text | None = None
     measures: Text | None = None
     contact_phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()\- ]+$")
@@ -166,19 +223,53 @@ class Warning(_Strict):
             return [{"role": j} if isinstance(j, str) else j for j in v]
         return v
 
+    @field_validator("sent_at")
+    @classmethod
+    def _in_window(cls, v: datetime, info: ValidationInfo) -> datetime:
+        now, limits = _clock(info)
+        if now is None:
+            return v
+        if now - v > timedelta(seconds=limits.sent_past_s):
+            raise ValueError(
+                f"more than {limits.sent_past_s:g} s before now (ingest.sent_window_s.past)"
+            )
+        if v - now > timedelta(seconds=limits.sent_future_s):
+            raise ValueError(
+                f"more than {limits.sent_future_s:g} s ahead of now (ingest.sent_window_s.future)"
+            )
+        return v
+
+    @field_validator("onset_at")
+    @classmethod
+    def _onset_near(cls, v: datetime | None, info: ValidationInfo) -> datetime | None:
+        now, limits = _clock(info)
+        base = info.data.get("sent_at", now)
+        if v is not None and isinstance(base, datetime) and base - v > limits.max_validity:
+            raise ValueError(f"more than {limits.max_validity_days} days before sent_at")
+        return v
+
     @field_validator("expires_at")
     @classmethod
     def _in_future(cls, v: datetime, info: ValidationInfo) -> datetime:
-        now = info.context.get("now") if info.context else None
-        if isinstance(now, datetime) and v <= now:
+        now, limits = _clock(info)
+        if now is not None and v <= now:
             raise ValueError("must be in the future")
+        sent = info.data.get("sent_at")
+        if isinstance(sent, datetime) and v <= sent:
+            raise ValueError("must be after sent_at")
+        # Differences, never sums: sent_at + 30 days can overflow, a difference cannot.
+        if isinstance(sent, datetime) and v - sent > limits.max_validity:
+            raise ValueError(
+                f"more than {limits.max_validity_days} days after sent_at "
+                "(ingest.max_validity_days)"
+            )
+        if sent is None and now is not None and v - now > limits.max_validity:
+            raise ValueError(f"more than {limits.max_validity_days} days ahead")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Warning:
         errors: list[str] = []
-        if self.expires_at <= self.sent_at:
-            errors.append("expires_at must be after sent_at")
         if self.onset_at is not None and self.onset_at >= self.expires_at:
             errors.append("onset_at must be before expires_at")
         if self.msg_type is not MsgType.ALERT and self.references is None:
@@ -192,6 +283,16 @@ class Warning(_Strict):
     def joint_roles(self) -> list[str]:
         """The role of every joint issuer."""
         return [j.role for j in self.joint_issuers]
+
+
+def _clock(info: ValidationInfo) -> tuple[datetime | None, Limits]:
+    """The validation context's `now` and `limits` (defaults without a context)."""
+    context = info.context or {}
+    now, limits = context.get("now"), context.get("limits")
+    return (
+        now if isinstance(now, datetime) else None,
+        limits if isinstance(limits, Limits) else Limits(),
+    )
 
 
 def _registry(info: ValidationInfo) -> Registry | None:
@@ -212,10 +313,14 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
     return out
 
 
-def parse_warning(raw: bytes | str, *, registry: Registry, now: datetime) -> Warning:
-    """The validated warning in a JSON body; raises InvalidWarning listing every field error."""
+def parse_warning(
+    raw: bytes | str, *, registry: Registry, now: datetime, limits: Limits | None = None
+) -> Warning:
+    """The validated warning in a JSON body; raises InvalidWarning listing every field error.
+    `now` and `limits` set the window a new warning's times must fit."""
+    context = {"registry": registry, "now": now, "limits": limits or Limits()}
     try:
-        return Warning.model_validate_json(raw, context={"registry": registry, "now": now})
+        return Warning.model_validate_json(raw, context=context)
     except ValidationError as exc:
         errors = _field_errors(exc)
         raise InvalidWarning(

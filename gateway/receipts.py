@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.channels.base import Receipt
 from gateway.channels.mqtt import RECEIPT_SOURCE as MQTT_SOURCE
@@ -40,6 +40,7 @@ from gateway.ledger import LedgerDraft, Stage, canonical_json, timestamp
 from gateway.policies.routing import delivery_id
 from gateway.store import Store
 from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.text import in_utc, unicode_errors
 from gateway.townships import Registry, normalise
 
 log = logging.getLogger("gateway.receipts")
@@ -290,11 +291,14 @@ def _all_parts_reported(status: SmsStatus, detail: dict[str, Any]) -> bool:
 MEANS = ("鸣锣", "吹哨", "敲门入户", "广播车", "other")
 
 
+ReportTime = Annotated[AwareDatetime, Field(strict=True), AfterValidator(in_utc)]
+
+
 class _PartnerAck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     delivery_id: str = Field(min_length=1, max_length=300)
     status: Literal["delivered", "failed"] = "delivered"
-    at: Annotated[AwareDatetime, Field(strict=True)] | None = None
+    at: ReportTime | None = None
 
 
 class ManualConfirmation(BaseModel):
@@ -305,7 +309,7 @@ class ManualConfirmation(BaseModel):
     township: str = Field(pattern=r"^\d{9}(\d{3})?$")
     means: Literal["鸣锣", "吹哨", "敲门入户", "广播车", "other"]
     by: str = Field(min_length=1, max_length=200)
-    at: Annotated[AwareDatetime, Field(strict=True)]
+    at: ReportTime
     note: str | None = Field(default=None, max_length=500)
 
 
@@ -321,6 +325,14 @@ def parse_receipt(raw: bytes, now: datetime) -> Receipt | ManualConfirmation:
             code="invalid_receipt",
             errors=[FieldError("(body)", str(exc))],
         ) from exc
+    # Before anything stores or hashes it: json.loads lets "\ud800" escapes through.
+    bad_text = unicode_errors(doc)
+    if bad_text:
+        raise InvalidWarning(
+            "the receipt holds text that is not valid Unicode",
+            code="invalid_receipt",
+            errors=bad_text,
+        )
     if isinstance(doc, dict) and "message_id" in doc:
         return parse_callback(doc)
     try:

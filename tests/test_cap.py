@@ -128,7 +128,10 @@ def test_mapped_document_passes_the_warning_model(
     doc = cap_to_document(load(file), max_bytes=MAX)
     # The caller derives a missing category from annex 1, as the JSON path does not have to.
     doc.setdefault("category", release_list.category_of(doc["hazard"]))
-    warning = parse(doc, registry, now=NOW + timedelta(hours=2))
+    # Parsed a few minutes after its own sent_at: inside ingest.sent_window_s.
+    warning = parse(
+        doc, registry, now=datetime.fromisoformat(doc["sent_at"]) + timedelta(minutes=5)
+    )
     assert warning.id == doc["id"]
     assert warning.level == doc["level"]
     assert warning.area.codes() == [*doc["area"]["districts"], *doc["area"]["townships"]]
@@ -320,7 +323,8 @@ def test_area_description_from_the_registry(registry: Registry) -> None:
 
 
 def test_control_characters_are_dropped_from_the_xml(registry: Registry) -> None:
-    doc = stored(whole_seconds(content="暴雨\x07预警\x00。"), registry)
+    # Ingest refuses control characters now; a document stored before that may still hold them.
+    doc = {**stored(whole_seconds(), registry), "content": "暴雨\x07预警\x00。"}
     xml = document_to_cap(doc, sender=SENDER)
     assert validate_cap(xml) == []
     assert cap_to_document(xml, max_bytes=MAX)["content"] == "暴雨预警。"

@@ -120,7 +120,9 @@ async def test_rejects_bad_fields_with_400(
 async def test_expires_at_must_follow_sent_at(api: GatewayClient) -> None:
     now = datetime.now(UTC)
     body = warning_body(
-        sent_at=iso(now + timedelta(hours=3)), expires_at=iso(now + timedelta(hours=2))
+        # Both ahead of now, sent_at inside the 5-minute window (ingest.sent_window_s.future).
+        sent_at=iso(now + timedelta(minutes=4)),
+        expires_at=iso(now + timedelta(minutes=2)),
     )
     status, answer = await post(api, body)
     assert status == 400

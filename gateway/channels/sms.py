@@ -36,6 +36,7 @@ from gateway.channels.base import (
     parse_retry_after,
 )
 from gateway.exceptions import FieldError, InvalidWarning
+from gateway.text import in_utc, unicode_errors
 
 log = logging.getLogger("gateway.channels.sms")
 
@@ -351,7 +352,11 @@ def _parse_at(value: object, errors: list[FieldError]) -> datetime | None:
     if at.tzinfo is None or at.utcoffset() is None:
         errors.append(FieldError("at", "needs a UTC offset"))
         return None
-    return at
+    try:
+        return in_utc(at)
+    except ValueError as exc:
+        errors.append(FieldError("at", str(exc)))
+        return None
 
 
 def _check_callback(doc: Mapping[str, Any]) -> tuple[list[FieldError], datetime | None]:
@@ -386,6 +391,9 @@ def parse_callback(doc: object) -> Receipt:
             code="invalid_receipt",
             errors=[FieldError("(body)", "must be a JSON object")],
         )
+    errors = unicode_errors(doc)
+    if errors:
+        raise InvalidWarning("invalid SMS callback", code="invalid_receipt", errors=errors)
     errors, at = _check_callback(doc)
     if errors or at is None:
         raise InvalidWarning("invalid SMS callback", code="invalid_receipt", errors=errors)

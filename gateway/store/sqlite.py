@@ -7,6 +7,10 @@ of its own, and a batch's statements and commit run there in one call: the event
 batch over once instead of once per statement. Reads use a second connection (aiosqlite) and
 so never see a transaction that has not committed. The aggregates GET /v1/stats reads are
 kept by the same transactions (gateway/store/sqlite_stats.py).
+
+Isolation: a write's rows and ledger data are encoded and checked when it is submitted, before
+it joins a batch, so one that cannot be stored is refused alone (`Unstorable` to its caller);
+a batch that still fails at commit is retried write by write, so only the failing write fails.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -26,11 +29,11 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
+from gateway.exceptions import Unstorable
 from gateway.ledger import (
     GENESIS,
     LedgerDraft,
     LedgerEntry,
-    canonical_json,
     entry_hash,
     timestamp,
 )
@@ -43,11 +46,10 @@ from gateway.store.base import (
     StatsFigures,
     StoredWarning,
 )
+from gateway.store.rows import Rows, Write, ledger_data, prepare, scrubbed
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
-# One encoder for every row: json.dumps with an option builds a new one each call.
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 MAX_BATCH = 256
 MAX_BACKLOG = 2 * MAX_BATCH
@@ -110,119 +112,6 @@ _PRAGMAS = (
 _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
 
 
-@dataclass
-class _Write:
-    entries: Sequence[LedgerDraft]
-    warning: StoredWarning | None = None
-    deliveries: Sequence[DeliveryRecord] = ()
-    updates: Sequence[DeliveryUpdate] = ()
-    coverage: Sequence[CoverageRow] = ()
-    covers: Sequence[Cover] = ()
-    escalated: tuple[str, Sequence[str], str] | None = None
-    retire: tuple[str, str] | None = None
-    done: asyncio.Future[tuple[StoredWarning, bool] | None] | None = None
-    """Resolved once the write is durable; None when no one waits (`record_soon`)."""
-
-
-@dataclass
-class _Rows:
-    """The rows one group commit writes."""
-
-    warnings: list[tuple[object, ...]] = field(default_factory=list)
-    deliveries: list[tuple[object, ...]] = field(default_factory=list)
-    updates: list[tuple[object, ...]] = field(default_factory=list)
-    receipts: list[tuple[object, ...]] = field(default_factory=list)
-    coverage: list[tuple[object, ...]] = field(default_factory=list)
-    covers: list[tuple[object, ...]] = field(default_factory=list)
-    escalated: list[tuple[object, ...]] = field(default_factory=list)
-    retired: list[tuple[object, ...]] = field(default_factory=list)
-    stopped: list[tuple[object, ...]] = field(default_factory=list)
-    ledger: list[tuple[object, ...]] = field(default_factory=list)
-    stats_warnings: list[tuple[object, ...]] = field(default_factory=list)
-    stats_districts: list[tuple[object, ...]] = field(default_factory=list)
-    tally: sqlite_stats.LedgerTally = field(default_factory=sqlite_stats.LedgerTally)
-
-    def add(self, w: _Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
-        """Queue the rows of `w`; its result, (stored, False) when the id is taken."""
-        result: tuple[StoredWarning, bool] | None = None
-        if w.warning is not None:
-            prior = known.get(w.warning.id)
-            if prior is not None:
-                return (prior, False)
-            known[w.warning.id] = w.warning
-            row = _warning_row(w.warning)
-            self.warnings.append(row)
-            stats_row, districts = sqlite_stats.warning_rows(w.warning, row[5])
-            self.stats_warnings.append(stats_row)
-            self.stats_districts.extend(districts)
-            self.coverage.extend((c.warning_id, c.township, int(c.blind_spot)) for c in w.coverage)
-            result = (w.warning, True)
-        self.deliveries.extend(_delivery_row(d) for d in w.deliveries)
-        self.covers.extend(
-            (timestamp(c.at), _to_json(c.by), c.warning_id, c.township) for c in w.covers
-        )
-        if w.escalated is not None:
-            wid, townships, at = w.escalated
-            self.escalated.extend((at, wid, t) for t in townships)
-        if w.retire is not None:
-            self.retired.append((w.retire[1], w.retire[0]))
-            self.stopped.append((w.retire[0],))
-        for u in w.updates:
-            if u.receipt is None:
-                detail = _to_json(u.detail)
-                self.updates.append((u.state, u.attempts, detail, u.id))
-            else:
-                self.receipts.append((u.state, _to_json(u.receipt), u.id))
-        return result
-
-    def statements(self) -> list[tuple[str, list[tuple[object, ...]]]]:
-        # A final state (delivered, failed) is never overwritten.
-        unfinished = "WHERE id = ? AND state IN ('pending', 'sent')"
-        out = [
-            ("INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?)", self.warnings),
-            (sqlite_stats.INSERT_WARNING, self.stats_warnings),
-            (sqlite_stats.INSERT_DISTRICT, self.stats_districts),
-            ("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?,NULL,?)", self.deliveries),
-            (
-                "INSERT INTO coverage (warning_id, township, blind_spot) VALUES (?,?,?)",
-                self.coverage,
-            ),
-            (
-                "UPDATE coverage SET covered_at = ?, covered_by = ? "
-                "WHERE warning_id = ? AND township = ? AND covered_at IS NULL",
-                self.covers,
-            ),
-            (
-                "UPDATE coverage SET escalated_at = ? "
-                "WHERE warning_id = ? AND township = ? AND escalated_at IS NULL",
-                self.escalated,
-            ),
-            (
-                f"UPDATE deliveries SET state = ?, attempts = ?, detail = ? {unfinished}",
-                self.updates,
-            ),
-            # A final delivery keeps its state; its receipt record still takes the report (which
-            # reports were seen, so a repeat is applied once).
-            (
-                "UPDATE deliveries SET state = CASE WHEN state IN ('pending', 'sent') THEN ? "
-                "ELSE state END, receipt = ? WHERE id = ?",
-                self.receipts,
-            ),
-            ("UPDATE warnings SET state = ? WHERE id = ? AND state = 'active'", self.retired),
-            (
-                "UPDATE deliveries SET state = 'stopped' WHERE warning_id = ? "
-                "AND state = 'pending' AND coalesce(purpose, '') != 'clear'",
-                self.stopped,
-            ),
-            ("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", self.ledger),
-            # After the state changes above: a delivery's end counts once it is final.
-            (sqlite_stats.UPSERT_DELIVERY, self.tally.delivery_rows()),
-            (sqlite_stats.ESCALATED_WARNING, self.tally.escalated),
-            (sqlite_stats.ESCALATED_DISTRICT, self.tally.escalated_districts),
-        ]
-        return [(sql, params) for sql, params in out if params]
-
-
 def _to_warning(row: Sequence[Any]) -> StoredWarning:
     return StoredWarning(
         id=row[0],
@@ -233,19 +122,6 @@ def _to_warning(row: Sequence[Any]) -> StoredWarning:
         received_at=datetime.fromisoformat(row[5]),
         expires_at=datetime.fromisoformat(row[6]),
         authorization=json.loads(row[7]),
-    )
-
-
-def _warning_row(w: StoredWarning) -> tuple[str, ...]:
-    return (
-        w.id,
-        w.body_hash,
-        _to_json(w.warning),
-        _to_json(w.answer),
-        w.state,
-        timestamp(w.received_at.astimezone(UTC)),  # UTC: text order is time order
-        timestamp(w.expires_at),
-        _to_json(w.authorization),
     )
 
 
@@ -264,21 +140,6 @@ def _to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
     )
 
 
-def _delivery_row(d: DeliveryRecord) -> tuple[object, ...]:
-    detail = _to_json(d.detail)
-    return (
-        d.id,
-        d.warning_id,
-        d.endpoint_id,
-        d.channel,
-        d.level,
-        d.state,
-        d.attempts,
-        detail,
-        d.purpose,
-    )
-
-
 def _to_entry(row: aiosqlite.Row) -> LedgerEntry:
     return LedgerEntry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
 
@@ -288,7 +149,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._committed = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -345,14 +206,14 @@ class SqliteStore:
         coverage: Sequence[CoverageRow] = (),
         retire: tuple[str, str] | None = None,
     ) -> tuple[StoredWarning, bool]:
-        write = _Write(entries, warning, deliveries, coverage=coverage, retire=retire)
+        write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
         result = await self._submit(write)
         assert result is not None
         return result
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None:
         if entries:
-            await self._submit(_Write(entries))
+            await self._submit(Write(entries))
 
     async def record(
         self,
@@ -361,7 +222,7 @@ class SqliteStore:
         covers: Sequence[Cover] = (),
     ) -> None:
         if updates or entries or covers:
-            await self._submit(_Write(entries, updates=updates, covers=covers))
+            await self._submit(Write(entries, updates=updates, covers=covers))
 
     def record_soon(
         self,
@@ -370,7 +231,18 @@ class SqliteStore:
         covers: Sequence[Cover] = (),
     ) -> None:
         self._check_open()
-        self._queue.put_nowait(_Write(entries, updates=updates, covers=covers))
+        write = Write(entries, updates=updates, covers=covers)
+        try:
+            prepare(write)
+        except Unstorable as exc:
+            # An outcome is not lost over a diagnostic text: stored with that text escaped.
+            log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
+            try:
+                write = prepare(scrubbed(write))
+            except Unstorable:
+                log.exception("an outcome cannot be stored; its delivery resumes on restart")
+                return
+        self._queue.put_nowait(write)
 
     async def escalate(
         self,
@@ -380,7 +252,7 @@ class SqliteStore:
         deliveries: Sequence[DeliveryRecord],
         entries: Sequence[LedgerDraft],
     ) -> None:
-        write = _Write(
+        write = Write(
             entries, deliveries=deliveries, escalated=(warning_id, townships, timestamp(at))
         )
         await self._submit(write)
@@ -398,8 +270,9 @@ class SqliteStore:
         if self._writer is None or self._writer.done():
             raise RuntimeError("the store is not open")
 
-    async def _submit(self, write: _Write) -> tuple[StoredWarning, bool] | None:
+    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
         self._check_open()
+        prepare(write)  # raises to this caller alone
         write.done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(write)
         return await write.done
@@ -417,41 +290,59 @@ class SqliteStore:
                     stopping = True
                     break
                 batch.append(item)
-            try:
-                results = await self._commit(batch)
-            except Exception as exc:  # the callers learn of it; the writer carries on
-                log.exception("store write of %d item(s) failed", len(batch))
-                for w in batch:
-                    if w.done is not None and not w.done.done():
-                        w.done.set_exception(exc)
-                self._committed.set()
-                continue
-            for w, r in zip(batch, results, strict=True):
-                if w.done is not None and not w.done.done():
-                    w.done.set_result(r)
+            await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(first)
             self._committed.set()
 
-    async def _commit(self, batch: list[_Write]) -> list[tuple[StoredWarning, bool] | None]:
+    async def _commit_each(self, batch: list[Write]) -> None:
+        """Commit `batch` as one transaction; if that fails, each write in a transaction of its
+        own, so that only the write that fails fails (its caller learns of it)."""
+        try:
+            results = await self._commit(batch)
+        except Exception:
+            log.warning("a store batch of %d writes failed; retrying them one by one", len(batch))
+            for w in batch:
+                await self._commit_alone(w)
+            return
+        for w, r in zip(batch, results, strict=True):
+            if w.done is not None and not w.done.done():
+                w.done.set_result(r)
+
+    async def _commit_alone(self, w: Write) -> None:
+        try:
+            (result,) = await self._commit([w])
+        except Exception as exc:  # the caller learns of it; the writer carries on
+            log.exception("a store write failed")
+            if w.done is not None and not w.done.done():
+                w.done.set_exception(exc)
+            return
+        if w.done is not None and not w.done.done():
+            w.done.set_result(result)
+
+    async def _commit(self, batch: list[Write]) -> list[tuple[StoredWarning, bool] | None]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
         are made here, on the event loop: on the writer thread that Python work would hold the
         GIL in long stretches and delay the loop's I/O; the SQL there releases it."""
         ids = [w.warning.id for w in batch if w.warning is not None]
         known = await self._in_thread(functools.partial(self._known, ids)) if ids else {}
-        rows = _Rows()
+        rows = Rows()
         results = [rows.add(w, known) for w in batch]
         seq, prev = self._seq, self._hash
-        for draft in (
-            d for w, r in zip(batch, results, strict=True) if r is None or r[1] for d in w.entries
+        tally = sqlite_stats.LedgerTally()
+        for draft, data in (
+            pair
+            for w, r in zip(batch, results, strict=True)
+            if r is None or r[1]
+            for pair in zip(w.entries, ledger_data(w), strict=True)
         ):
             seq += 1
-            data = canonical_json(draft.data)  # stored as hashed: one encoding per entry
             at = timestamp(draft.at)
             stage = draft.stage.value
             digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
             rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
-            rows.tally.add(draft)
+            tally.add(draft)
             prev = digest
-        await self._in_thread(functools.partial(self._execute, rows.statements()))
+        statements = [*rows.statements(), *tally.statements()]
+        await self._in_thread(functools.partial(self._execute, statements))
         self._seq, self._hash = seq, prev
         return results
 
@@ -525,7 +416,7 @@ class SqliteStore:
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
     ) -> None:
-        await self._submit(_Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
 
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
         assert self._r is not None
@@ -564,12 +455,6 @@ class SqliteStore:
         lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
         return await sqlite_stats_read.read(self._r, lo, hi, district, listed)
 
-    async def active_warnings(self) -> list[StoredWarning]:
-        assert self._r is not None
-        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
-        async with self._r.execute(sql) as cur:
-            return [_to_warning(r) for r in await cur.fetchall()]
-
     async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
         assert self._r is not None
         # expires_at keeps its sender's offset; julianday() compares it as a time.
@@ -578,6 +463,12 @@ class SqliteStore:
             "WHERE julianday(expires_at) > julianday(?) ORDER BY received_at"
         )
         async with self._r.execute(sql, (timestamp(now.astimezone(UTC)),)) as cur:
+            return [_to_warning(r) for r in await cur.fetchall()]
+
+    async def active_warnings(self) -> list[StoredWarning]:
+        assert self._r is not None
+        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
+        async with self._r.execute(sql) as cur:
             return [_to_warning(r) for r in await cur.fetchall()]
 
     async def ping(self) -> None:

@@ -267,6 +267,16 @@ class LedgerTally:
         if stage == Stage.DELIVERED and d[3] is None:
             d[3] = at
 
+    def statements(self) -> list[tuple[str, list[tuple[object, ...]]]]:
+        """The aggregate updates of the tallied entries; after the batch's state changes (a
+        delivery's end counts once it is final)."""
+        out = [
+            (UPSERT_DELIVERY, self.delivery_rows()),
+            (ESCALATED_WARNING, self.escalated),
+            (ESCALATED_DISTRICT, self.escalated_districts),
+        ]
+        return [(sql, params) for sql, params in out if params]
+
     def delivery_rows(self) -> list[tuple[object, ...]]:
         return [
             (did, tries, end, end if reached is None else reached)
