@@ -22,7 +22,13 @@ from gateway.clients import Scope
 from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
 from gateway.endpoints import EndpointBook
-from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
+from gateway.exceptions import (
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+    StoreUnavailable,
+    UnsupportedMedia,
+)
 from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
 from gateway.ingest import Ingest, utc_now
 from gateway.masking import mask
@@ -60,7 +66,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RequestError as exc:
-        return json_response(exc.body(), exc.status)
+        response = json_response(exc.body(), exc.status)
+        response.headers.update(exc.headers())
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -152,8 +160,9 @@ async def get_warning(request: web.Request) -> web.Response:
             "authorization": stored.authorization,
             "deliveries": sum(n for purpose, _, _, n in counts if not purpose),
             "channels": channel_counts(counts, lambda p: not p),
-            "escalations": channel_counts(counts, lambda p: p is not None and p != "clear"),
+            "escalations": channel_counts(counts, lambda p: (p or "").startswith("escalation")),
             "clears": channel_counts(counts, lambda p: p == "clear"),
+            "expiry_notices": channel_counts(counts, lambda p: p == "expired"),
             "blind_spots": stored.answer.get("blind_spots", []),
             "warning": w,
         }
@@ -254,11 +263,14 @@ async def get_receipts(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the store reads and writes (a probe write each time); 503 otherwise."""
     try:
         await request.app[STORE].ping()
     except Exception as exc:
         log.warning("health check: store unavailable: %s", exc)
-        return json_response({"status": "unavailable", "store": "down"}, 503)
+        response = json_response({"status": "unavailable", "store": "down"}, 503)
+        response.headers["Retry-After"] = str(StoreUnavailable.retry_after)
+        return response
     return json_response({"status": "ok", "store": "ok"})
 
 

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     lsub = ledger.add_subparsers(dest="ledger_command", required=True)
     lverify = lsub.add_parser("verify", help="check the ledger's hash chain")
     lverify.add_argument("--config", type=Path)
+
+    partners = sub.add_parser("partners", help="media partner tools")
+    psub = partners.add_subparsers(dest="partners_command", required=True)
+    penable = psub.add_parser("enable", help="lift a partner's disable (after its HTTP 410)")
+    penable.add_argument("partner_id")
+    penable.add_argument("--config", type=Path)
     return p
 
 
@@ -87,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_send(args))
         if args.command == "coverage":
             return asyncio.run(_coverage(args))
+        if args.command == "partners":
+            return asyncio.run(_partners_enable(args))
         return asyncio.run(_ledger_verify(args))
     except ConfigError as exc:
         print(f"gateway: config error: {exc.file}: {exc.key}: {exc.reason}", file=sys.stderr)
@@ -154,6 +162,19 @@ async def _ledger_verify(args: argparse.Namespace) -> int:
             print(f"ledger broken at entry {exc.seq}: {exc.reason}", file=sys.stderr)
             return EXIT_FAILED
     print(f"ledger ok: {count} entries verified")
+    return 0
+
+
+async def _partners_enable(args: argparse.Namespace) -> int:
+    """Lift the disable of a partner that answered 410; running gateways see it within
+    seconds (they read the disabled endpoints again every few seconds)."""
+    settings = load_settings(args.config)
+    async with open_store(settings.store_url) as store:
+        was = await store.enable_endpoint(args.partner_id)
+    if not was:
+        print(f"partner {args.partner_id} was not disabled", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"partner {args.partner_id} enabled")
     return 0
 
 

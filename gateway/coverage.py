@@ -138,6 +138,16 @@ class CoverageTracker:
     async def escalate(self, stored: StoredWarning, townships: Sequence[str], reason: str) -> None:
         """Escalate `townships` of `stored` to their command centres, durably, and dispatch."""
         notice = Notice.from_document(stored.warning)
+        now = self.clock()
+        deliveries, entries = self.plan(stored.id, notice.level, townships, reason, now)
+        await self.store.escalate(stored.id, townships, now, deliveries, entries)
+        await self.dispatch(notice, deliveries)
+
+    def plan(
+        self, warning_id: str, level: int, townships: Sequence[str], reason: str, now: datetime
+    ) -> tuple[list[DeliveryRecord], list[LedgerDraft]]:
+        """The escalation deliveries (one per command centre) and `escalated` entries (one per
+        township) of `townships`; ids are stable, so an escalation happens once."""
         by_centre: dict[str, list[str]] = {}
         unreachable: list[str] = []
         for t in townships:
@@ -146,21 +156,20 @@ class CoverageTracker:
                 unreachable.append(t)
             for e in centres:
                 by_centre.setdefault(e.id, []).append(t)
-        now = self.clock()
         deliveries = [
             DeliveryRecord(
-                id=f"{stored.id}/escalate-{reason}/{eid}",
-                warning_id=stored.id,
+                id=f"{warning_id}/escalate-{reason}/{eid}",
+                warning_id=warning_id,
                 endpoint_id=eid,
                 channel=self.book.by_id[eid].channel,
-                level=notice.level,
+                level=level,
                 purpose="escalation:" + ",".join(ts),
             )
             for eid, ts in by_centre.items()
         ]
         entries = [
             LedgerDraft(
-                stored.id,
+                warning_id,
                 Stage.ESCALATED,
                 now,
                 {
@@ -171,12 +180,13 @@ class CoverageTracker:
             )
             for t in townships
         ]
-        await self.store.escalate(stored.id, townships, now, deliveries, entries)
         if unreachable:
             log.error(
-                "warning %s: no command centre configured for %s", stored.id, ", ".join(unreachable)
+                "warning %s: no command centre configured for %s",
+                warning_id,
+                ", ".join(unreachable),
             )
-        await self.dispatch(notice, deliveries)
+        return deliveries, entries
 
 
 def coverage_report(

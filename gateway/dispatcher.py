@@ -24,11 +24,12 @@ errors and expiry only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -69,6 +70,12 @@ LEAD_CHANNEL = "mqtt"
 """Boards and loudspeakers reach everyone in an area at once: their deliveries go first."""
 LEAD_STALL_S = 0.25
 LEAD_MAX_HOLD_S = 1.0
+EXPIRED = "expired"
+"""Purpose of a partner's `warning.expired` notice, sent once a warning it got has expired."""
+AFTER_END = frozenset({CLEAR, EXPIRED})
+"""Purposes of deliveries sent after their warning ended: never stopped by it."""
+DISABLED_REFRESH_S = 10.0
+"""How often the disabled endpoints are read again (`gateway partners enable` lifts one)."""
 CLEAR_GRACE_S = 3600.0
 _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
@@ -142,6 +149,7 @@ class Dispatcher:
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
         self._retired: dict[str, None] = {}  # warnings stopped lately, oldest first
+        self._tasks: set[asyncio.Task[None]] = set()
         self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
         self._room: WaitRoom[_Job] = WaitRoom(
             self._requeue, rank=lambda job: job.rec.level, sleep=sleep, probe_s=probe_s
@@ -154,6 +162,8 @@ class Dispatcher:
             runtime.channel.on_reconnect(functools.partial(self.wake, name))
 
     async def __aenter__(self) -> Self:
+        self.disabled = await self.store.disabled_endpoints()
+        self._background(self._refresh_disabled())
         for name, runtime in self.runtimes.items():
             for _ in range(runtime.concurrency):
                 self._start_worker(name)
@@ -168,10 +178,29 @@ class Dispatcher:
     ) -> None:
         self._closing = True
         self._room.close()
-        tasks = list(self._workers)
+        tasks = [*self._workers, *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task of the dispatcher (cancelled on exit); failures are logged."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("dispatcher background task failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_disabled(self) -> None:
+        while True:
+            await asyncio.sleep(DISABLED_REFRESH_S)  # not the injected sleep: it may not wait
+            with contextlib.suppress(Exception):  # a store hiccup: keep what is known
+                self.disabled = await self.store.disabled_endpoints()
 
     async def resume(self) -> None:
         """Queue every delivery left `pending` by an earlier process."""
@@ -202,17 +231,21 @@ class Dispatcher:
         data: dict[str, Any] = {"deliveries": len(records), "channels": counts}
         if resumed:
             data["resumed"] = True
-        await self.store.append([LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
+        # Not awaited: the deliveries are durable already, and queueing them must not wait for
+        # (or fail with) the store; the entry rides the next group commit.
+        self.store.record_soon([], [LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
         # Idle workers wake in this order: boards and loudspeakers first, they reach everyone
         # in the area at once; the order among channels of one level is only a head start.
         ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
         tracked = self._jobs.setdefault(notice.id, set())
         for rec in ordered:
             job_notice = notice
-            if rec.purpose != CLEAR and rec.escalation_of and self.registry is not None:
+            if rec.purpose == EXPIRED:
+                job_notice = replace(notice, msg_type=EXPIRED)
+            elif rec.escalation_of and self.registry is not None:
                 job_notice = escalation_notice(notice, rec.escalation_of, self.registry)
             job = _Job(job_notice, rec, self.book.by_id.get(rec.endpoint_id), rec.attempts)
-            if rec.purpose != CLEAR:
+            if rec.purpose not in AFTER_END:
                 tracked.add(job)
             self._enqueue(job)
         if not tracked:
@@ -433,6 +466,7 @@ class Dispatcher:
         if isinstance(error, EndpointGone):
             self.disabled[endpoint.id] = error.reason
             log.warning("endpoint %s disabled: %s", endpoint.id, error.reason)
+            self._background(self.store.disable_endpoint(endpoint.id, error.reason, self.clock()))
         if not isinstance(error, TransientDeliveryError):
             self._final(job, n, error.reason, kind="permanent")
             return True
@@ -513,8 +547,10 @@ class Dispatcher:
 
 
 def _deadline(job: _Job) -> datetime:
-    """When `job` gives up: the warning's expiry; clearing must also work once it expired."""
-    return job.notice.expires_at + (_CLEAR_GRACE if job.rec.purpose == CLEAR else _NO_GRACE)
+    """When `job` gives up: the warning's expiry; a clear or an expiry notice goes on for an hour
+    after it."""
+    grace = _CLEAR_GRACE if job.rec.purpose in AFTER_END else _NO_GRACE
+    return job.notice.expires_at + grace
 
 
 async def _clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outcome:

@@ -11,6 +11,7 @@ GatewayError
 │   ├── NotFound           404
 │   ├── Conflict           409
 │   ├── UnsupportedMedia   415
+│   ├── StoreUnavailable   503, the store cannot write now (with Retry-After)
 │   └── NotImplementedYet  501, a contract feature this version does not have yet
 └── LedgerCorrupt          the hash chain does not verify; names the first bad entry
 """
@@ -54,6 +55,10 @@ class RequestError(GatewayError):
         self.message = message
         self.code = code or self.default_code
         self.errors = errors or []
+
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries (e.g. Retry-After)."""
+        return {}
 
     def body(self) -> dict[str, object]:
         """The JSON error body."""
@@ -99,6 +104,18 @@ class NotFound(RequestError):
 class Conflict(RequestError):
     status = 409
     default_code = "conflict"
+
+
+class StoreUnavailable(RequestError):
+    """503: the store cannot write now (disk full, I/O error, connection lost); nothing of the
+    request was stored. The caller should retry after `retry_after` seconds."""
+
+    status = 503
+    default_code = "store_unavailable"
+    retry_after: ClassVar[int] = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class LedgerCorrupt(GatewayError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,8 @@ from gateway.store import Store, StoredWarning
 from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
 from gateway.text import unicode_errors
 from gateway.townships import Registry
+
+log = logging.getLogger("gateway.ingest")
 
 Clock = Callable[[], datetime]
 Dispatch = Callable[[Notice, Sequence[DeliveryRecord]], Awaitable[None]]
@@ -153,13 +156,23 @@ class Ingest:
         coverage = (
             [] if cancel else [CoverageRow(warning.id, t, t in blind) for t in routed.townships]
         )
+        # Art. 20: no means reaches a blind spot; it is escalated at once, with the warning.
+        escalations: list[DeliveryRecord] = []
+        escalated: tuple[Sequence[str], datetime] | None = None
+        if routed.blind_spots and not cancel and self.tracker is not None:
+            at = self.clock()
+            escalations, drafts = self.tracker.plan(
+                warning.id, warning.level, routed.blind_spots, "blind_spot", at
+            )
+            entries.extend(drafts)
+            escalated = (routed.blind_spots, at)
         result, created = await self.store.accept(
-            stored, entries, [*deliveries, *clears], coverage, retire
+            stored, entries, [*deliveries, *escalations, *clears], coverage, retire, escalated
         )
         if not created:  # the same id arrived concurrently and was stored first
             return self._replay(result, digest)
         self.metrics.warnings.labels("accepted").inc()
-        await self._follow_up(stored, deliveries, replaced, clears, routed.blind_spots)
+        await self._follow_up(stored, [*deliveries, *escalations], replaced, clears)
         return 202, answer
 
     def _authorize(
@@ -194,21 +207,23 @@ class Ingest:
         deliveries: Sequence[DeliveryRecord],
         replaced: StoredWarning | None,
         clears: Sequence[DeliveryRecord],
-        blind_spots: Sequence[str],
     ) -> None:
-        """After the commit: dispatch, retire the replaced warning, watch coverage and expiry."""
-        if self.dispatch is not None:
-            await self.dispatch(Notice.from_document(stored.warning), deliveries)
-        if replaced is not None and self.lifecycle is not None:
-            await self.lifecycle.after_retire(replaced, clears)
+        """After the commit: dispatch, retire the replaced warning, watch coverage and expiry.
+        The warning is durable: whatever fails here is logged, not answered (a restart resumes
+        what is pending), so its 202 is never turned into an error."""
+        try:
+            if self.dispatch is not None:
+                await self.dispatch(Notice.from_document(stored.warning), deliveries)
+            if replaced is not None and self.lifecycle is not None:
+                await self.lifecycle.after_retire(replaced, clears)
+        except Exception:
+            log.exception("follow-up of accepted warning %s failed", stored.id)
         if stored.state != "active":
             return
         if self.lifecycle is not None:
             self.lifecycle.watch(stored)
         if self.tracker is not None:
             self.tracker.watch(stored)
-            if blind_spots:  # art. 20: no means reaches them; escalate at once
-                await self.tracker.escalate(stored, blind_spots, reason="blind_spot")
 
     def _route(self, warning: Warning, old_deliveries: Sequence[DeliveryRecord]) -> Plan:
         """The plan of an alert or update; a cancel goes to the partners of its area and to the

@@ -3,7 +3,8 @@
 
 When a warning ends, its pending deliveries stop (state `stopped`), the ledger records why
 (`superseded`, `cancelled`, `expired`), and the retained MQTT messages of its boards and
-loudspeakers are cleared by `clear` deliveries, durable and retried like any other. Expiry
+loudspeakers are cleared by `clear` deliveries, durable and retried like any other; at expiry the
+partners that got it are sent a `warning.expired` webhook. Expiry
 timers are rebuilt from the store on start, so they survive restarts.
 """
 
@@ -17,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from gateway.channels.base import Notice
-from gateway.dispatcher import CLEAR, Dispatcher
+from gateway.dispatcher import CLEAR, EXPIRED, Dispatcher
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
@@ -40,6 +41,24 @@ def clear_deliveries(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> l
         )
         for d in deliveries
         if d.channel == "mqtt" and d.purpose is None and d.state != DeliveryState.FAILED
+    ]
+
+
+def expiry_notices(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
+    """One `warning.expired` webhook per partner that got the warning (design.md)."""
+    return [
+        DeliveryRecord(
+            id=f"{warning_id}/expired/{d.endpoint_id}",
+            warning_id=warning_id,
+            endpoint_id=d.endpoint_id,
+            channel=d.channel,
+            level=d.level,
+            purpose=EXPIRED,
+        )
+        for d in deliveries
+        if d.channel == "webhook"
+        and d.purpose is None
+        and d.state in (DeliveryState.DELIVERED, DeliveryState.SENT)
     ]
 
 
@@ -99,7 +118,10 @@ class Lifecycle:
         current = await self.store.get_warning(stored.id)
         if current is None or current.state != "active":
             return
-        clears = clear_deliveries(stored.id, await self.store.deliveries_for(stored.id))
+        deliveries = await self.store.deliveries_for(stored.id)
+        clears = clear_deliveries(stored.id, deliveries)
+        if state == "expired":  # partners hear of it; a cancel is a warning of its own
+            clears += expiry_notices(stored.id, deliveries)
         entry = LedgerDraft(stored.id, stage, self.clock(), data)
         await self.store.retire(stored.id, state, [entry], clears)
         await self.after_retire(stored, clears)

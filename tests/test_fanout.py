@@ -156,7 +156,11 @@ async def test_red_warning_reaches_every_channel(
     # The ledger holds each stage, and its chain verifies.
     entries = await ledger(api, body["id"])
     stages = [e["stage"] for e in entries]
-    assert stages[:4] == ["received", "authorized", "planned", "queued"]
+    # Blind spots are escalated with the warning, in its transaction (design.md "Delivery
+    # under faults": everything decided at ingest is committed with the warning).
+    assert stages[:3] == ["received", "authorized", "planned"]
+    assert stages[3:6] == ["escalated"] * 3
+    assert stages[6] == "queued"
     warning_only = [e for e in entries if "/escalate-" not in e["data"].get("delivery_id", "")]
     assert [e["stage"] for e in warning_only].count("attempt") == 198
     assert [e["stage"] for e in warning_only].count("delivered") == 198

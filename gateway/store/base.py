@@ -223,7 +223,13 @@ class Store(Protocol):
         deliveries: Sequence[DeliveryRecord] = (),
         coverage: Sequence[CoverageRow] = (),
         retire: tuple[str, str] | None = None,
-    ) -> tuple[StoredWarning, bool]: ...
+        escalated: tuple[Sequence[str], datetime] | None = None,
+    ) -> tuple[StoredWarning, bool]:
+        """Store a new warning with everything decided at ingest, in one transaction: its
+        ledger entries, deliveries (escalations of blind spots included), coverage rows, the
+        retirement of the warning it replaces, and (townships, at) escalated at once.
+        (stored, False) when the id was stored first by someone else; nothing written then."""
+        ...
 
     async def retire(
         self,
@@ -314,4 +320,18 @@ class Store(Protocol):
 
     def ledger(self) -> AsyncIterator[LedgerEntry]: ...
 
-    async def ping(self) -> None: ...
+    async def disable_endpoint(self, endpoint_id: str, reason: str, at: datetime) -> None:
+        """Keep `endpoint_id` disabled (a partner's 410) across restarts, until enabled."""
+        ...
+
+    async def enable_endpoint(self, endpoint_id: str) -> bool:
+        """Lift a disable; whether `endpoint_id` was disabled."""
+        ...
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        """Every disabled endpoint and why."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises unless the store can read and write now (a probe write, durable)."""
+        ...

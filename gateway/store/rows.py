@@ -148,7 +148,7 @@ class Rows:
             ("UPDATE warnings SET state = ? WHERE id = ? AND state = 'active'", self.retired),
             (
                 "UPDATE deliveries SET state = 'stopped' WHERE warning_id = ? "
-                "AND state = 'pending' AND coalesce(purpose, '') != 'clear'",
+                "AND state = 'pending' AND coalesce(purpose, '') NOT IN ('clear', 'expired')",
                 self.stopped,
             ),
             ("INSERT INTO ledger VALUES (?,?,?,?,?,?,?)", self.ledger),

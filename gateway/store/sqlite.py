@@ -29,7 +29,7 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from gateway.exceptions import Unstorable
+from gateway.exceptions import StoreUnavailable, Unstorable
 from gateway.ledger import (
     GENESIS,
     LedgerDraft,
@@ -47,6 +47,7 @@ from gateway.store.base import (
     StoredWarning,
 )
 from gateway.store.rows import Rows, Write, ledger_data, prepare, scrubbed
+from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
@@ -93,6 +94,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_warning ON deliveries (warning_id);
 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (state);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS disabled_endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS coverage (
     warning_id TEXT NOT NULL,
     township TEXT NOT NULL,
@@ -109,7 +116,15 @@ _PRAGMAS = (
     "PRAGMA synchronous=FULL",
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
 )
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+"""Backoff bounds of kept outcomes while the store cannot write (a full disk, say)."""
 _WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
+
+
+def _environmental(exc: BaseException) -> bool:
+    """Whether `exc` is the store failing (disk full, I/O error, locked), not the data."""
+    return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
 
 
 def _to_warning(row: Sequence[Any]) -> StoredWarning:
@@ -150,6 +165,9 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
+        self._retry: list[Write] = []  # outcomes whose write failed, kept until they commit
+        self._retry_at = 0.0
+        self._backoff = 0.0
         self._writer: asyncio.Task[None] | None = None
         self._committed = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -205,8 +223,11 @@ class SqliteStore:
         deliveries: Sequence[DeliveryRecord] = (),
         coverage: Sequence[CoverageRow] = (),
         retire: tuple[str, str] | None = None,
+        escalated: tuple[Sequence[str], datetime] | None = None,
     ) -> tuple[StoredWarning, bool]:
         write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
+        if escalated is not None:  # blind spots escalated at once (art. 20), with the warning
+            write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
         result = await self._submit(write)
         assert result is not None
         return result
@@ -278,19 +299,34 @@ class SqliteStore:
         return await write.done
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
+            batch: list[Write] = []
+            wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
+            try:
+                first = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:  # time to retry the kept outcomes
+                pass
+            else:
+                if first is None:
+                    stopping = True
+                else:
+                    batch.append(first)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stopping = True
                     break
                 batch.append(item)
-            await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(first)
+            if self._retry and (loop.time() >= self._retry_at or stopping):
+                # Outcomes no one waits for, kept since their write failed: they go first.
+                batch = [*self._retry, *(w for w in batch if w not in self._retry)]
+                self._retry = []
+            if batch:
+                await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(
+                    batch[0]
+                )
             self._committed.set()
 
     async def _commit_each(self, batch: list[Write]) -> None:
@@ -298,11 +334,16 @@ class SqliteStore:
         own, so that only the write that fails fails (its caller learns of it)."""
         try:
             results = await self._commit(batch)
-        except Exception:
+        except Exception as exc:
+            if _environmental(exc):  # the store itself fails: so would every write alone
+                for w in batch:
+                    self._failed(w, exc)
+                return
             log.warning("a store batch of %d writes failed; retrying them one by one", len(batch))
             for w in batch:
                 await self._commit_alone(w)
             return
+        self._healthy()
         for w, r in zip(batch, results, strict=True):
             if w.done is not None and not w.done.done():
                 w.done.set_result(r)
@@ -311,12 +352,48 @@ class SqliteStore:
         try:
             (result,) = await self._commit([w])
         except Exception as exc:  # the caller learns of it; the writer carries on
-            log.exception("a store write failed")
-            if w.done is not None and not w.done.done():
-                w.done.set_exception(exc)
+            self._failed(w, exc)
             return
+        self._healthy()
         if w.done is not None and not w.done.done():
             w.done.set_result(result)
+
+    def _failed(self, w: Write, exc: Exception) -> None:
+        """A write that could not commit: its caller gets StoreUnavailable (503) when the
+        store itself failed; one no one waits for (`record_soon`) is kept and retried, with
+        backoff, until it commits: an outcome is never forgotten before it is durable."""
+        environmental = _environmental(exc)
+        if w.done is None:
+            if environmental:
+                if w not in self._retry:
+                    self._retry.append(w)
+                self._backoff = (
+                    min(RETRY_MAX_S, self._backoff * 2) if self._backoff else RETRY_MIN_S
+                )
+                self._retry_at = asyncio.get_running_loop().time() + self._backoff
+                log.error(
+                    "the store cannot write (%s); %d outcomes kept, retried in %.1fs",
+                    exc,
+                    len(self._retry),
+                    self._backoff,
+                )
+            else:
+                log.error("an outcome cannot be stored (%s); it resumes on restart", exc)
+            return
+        if environmental:
+            log.error("the store cannot write: %s", exc)
+            error: Exception = StoreUnavailable(f"the store cannot write: {exc}")
+            error.__cause__ = exc
+        else:
+            log.error("a store write failed", exc_info=exc)
+            error = exc
+        if not w.done.done():
+            w.done.set_exception(error)
+
+    def _healthy(self) -> None:
+        if self._backoff:
+            log.info("the store writes again")
+        self._backoff = 0.0
 
     async def _commit(self, batch: list[Write]) -> list[tuple[StoredWarning, bool] | None]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
@@ -362,7 +439,8 @@ class SqliteStore:
                 conn.executemany(sql, params)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                conn.execute("ROLLBACK")
             raise
 
     # -- reads -------------------------------------------------------------------------------
@@ -475,3 +553,36 @@ class SqliteStore:
         assert self._r is not None
         async with self._r.execute("SELECT 1") as cur:
             await cur.fetchone()
+        self._check_open()
+        try:
+            await self._in_thread(self._probe)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+
+    async def disable_endpoint(self, endpoint_id: str, reason: str, at: datetime) -> None:
+        sql = "INSERT OR REPLACE INTO disabled_endpoints VALUES (?, ?, ?)"
+        await self._direct([(sql, [(endpoint_id, printable(reason), timestamp(at))])])
+
+    async def enable_endpoint(self, endpoint_id: str) -> bool:
+        was = endpoint_id in await self.disabled_endpoints()
+        sql = "DELETE FROM disabled_endpoints WHERE endpoint_id = ?"
+        await self._direct([(sql, [(endpoint_id,)])])
+        return was
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        assert self._r is not None
+        async with self._r.execute("SELECT endpoint_id, reason FROM disabled_endpoints") as cur:
+            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+
+    async def _direct(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
+        """A small write outside the ledger's group commit, on the writer thread."""
+        self._check_open()
+        try:
+            await self._in_thread(functools.partial(self._execute, statements))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+
+    def _probe(self) -> None:
+        """One durable write (on the writer thread): what /healthz reports."""
+        stamp = timestamp(datetime.now(UTC))
+        self._execute([("INSERT OR REPLACE INTO probe VALUES (1, ?)", [(stamp,)])])
