@@ -441,3 +441,77 @@ async def test_receipts_need_a_token_and_a_known_delivery(
     unknown = await api.post("/v1/receipts", json={"delivery_id": "w/x"}, headers=auth("cqtv"))
     assert unknown.status == 404
     assert (await unknown.json())["code"] == "unknown_delivery"
+
+
+async def test_partner_disabled_by_410_stays_disabled_across_restarts_until_enabled(
+    tmp_path: Path, make_client: MakeClient, webhook_receivers: MakeReceiver
+) -> None:
+    """design.md: a partner disabled by 410 stays disabled across restarts until
+    `gateway partners enable ID`."""
+    from tests.processes import run_gateway
+
+    tv = webhook_receivers(secret=SECRET_TV)
+    gone = webhook_receivers(secret=SECRET_NEWS, script="410")
+    config = fanout_config(
+        tmp_path, partners={"partner-cq-tv": tv.url, "partner-cq-news": gone.url}
+    )
+    env = env_for(tmp_path)
+    first = await make_client(load_settings(config, env))
+    body = red_wanzhou("gone") | {"channels": ["webhook"]}
+    await post_warning(first, body)
+    await settled(first, body["id"])
+    assert len(gone.requests()) == 1
+    await first.close()  # the gateway stops; a new one starts on the same store
+
+    second = await make_client(load_settings(config, env))
+    again = red_wanzhou("gone-again") | {"channels": ["webhook"]}
+    await post_warning(second, again)
+    state = await settled(second, again["id"])
+    assert state["channels"]["webhook"]["failed"] == 1
+    assert len(gone.requests()) == 1  # still disabled after the restart
+    await second.close()
+
+    cli_env = {**env, "GATEWAY_CONFIG": str(config)}
+    enabled = run_gateway("partners", "enable", "partner-cq-news", env=cli_env, cwd=tmp_path)
+    assert enabled.returncode == 0, enabled.stderr
+    assert "partner-cq-news enabled" in enabled.stdout
+    twice = run_gateway("partners", "enable", "partner-cq-news", env=cli_env, cwd=tmp_path)
+    assert twice.returncode == 1
+    assert "was not disabled" in twice.stderr
+
+    third = await make_client(load_settings(config, env))
+    last = red_wanzhou("gone-enabled") | {"channels": ["webhook"]}
+    await post_warning(third, last)
+    await settled(third, last["id"])
+    assert len(gone.requests()) == 2  # called again once enabled
+
+
+async def test_partners_get_warning_expired(
+    tmp_path: Path, make_client: MakeClient, webhook_receivers: MakeReceiver
+) -> None:
+    """design.md: partners get `warning.cancel` and `warning.expired` webhooks."""
+
+    tv = webhook_receivers(secret=SECRET_TV)
+    news = webhook_receivers(secret=SECRET_NEWS)
+    config = fanout_config(
+        tmp_path, partners={"partner-cq-tv": tv.url, "partner-cq-news": news.url}
+    )
+    api = await make_client(load_settings(config, env_for(tmp_path)))
+    body = red_wanzhou("expiring") | {"channels": ["webhook"]}
+    body["expires_at"] = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    await post_warning(api, body)
+    for _ in range(100):
+        if len(tv.requests()) >= 2 and len(news.requests()) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    for receiver in (tv, news):
+        reqs = receiver.requests()
+        assert len(reqs) == 2, reqs
+        assert all(r["verified"] for r in reqs)  # with the stock standardwebhooks library
+        docs = [json.loads(r["body"]) for r in reqs]
+        assert [d["type"] for d in docs] == ["warning.alert", "warning.expired"]
+        assert docs[1]["data"]["id"] == body["id"]
+        assert str(reqs[1]["webhook_id"]).startswith(f"{body['id']}/expired/")
+    state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
+    assert state["status"] == "expired"
+    assert state["expiry_notices"]["webhook"]["delivered"] == 2
