@@ -36,7 +36,7 @@ from gateway.policies.authority import AuthorityPolicy, Authorization, check_iss
 from gateway.policies.routing import Plan, delivery_id, plan
 from gateway.store import Store, StoredWarning
 from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
-from gateway.text import unicode_errors
+from gateway.text import scrub, unicode_errors
 from gateway.townships import Registry
 
 log = logging.getLogger("gateway.ingest")
@@ -196,7 +196,7 @@ class Ingest:
             if isinstance(refusal, Refused):
                 self.metrics.refusals.labels(refusal.code).inc()
             if is_warning_id(received.warning_id):
-                data = printable(refusal.body())
+                data = scrub(refusal.body())
                 rejected = LedgerDraft(received.warning_id, Stage.REJECTED, self.clock(), data)
                 await self.store.append([received, rejected])
             raise
@@ -291,18 +291,6 @@ _WARNING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def is_warning_id(value: str) -> bool:
     """Whether `value` is a well-formed warning id (design.md: 1-128 `[A-Za-z0-9._:-]`)."""
     return _WARNING_ID.fullmatch(value) is not None
-
-
-def printable(value: Any) -> Any:
-    """`value` with every string made encodable (a lone surrogate as `\\udXXX`), so a
-    refusal that quotes hostile input can be written to the ledger."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {printable(k): printable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [printable(v) for v in value]
-    return value
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.exceptions import FieldError
 
@@ -33,6 +34,18 @@ _MULTILINE_ALLOWED = frozenset("\n\t")
 def printable(text: str) -> str:
     """`text` with anything that is not valid Unicode escaped (`\\ud800`), safe to answer."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def scrub(value: Any) -> Any:
+    """JSON-ready `value` with every string (key or value) that is not valid Unicode escaped
+    (`\\ud800`); everything else as it is."""
+    if isinstance(value, str):
+        return value if valid_unicode(value) else printable(value)
+    if isinstance(value, dict):
+        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
 
 
 def valid_unicode(text: str) -> bool:

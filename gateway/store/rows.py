@@ -15,13 +15,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC
-from typing import Any
 
 from gateway.exceptions import FieldError, Unstorable
 from gateway.ledger import LedgerDraft, canonical_json, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
-from gateway.text import printable, valid_unicode
+from gateway.text import printable, scrub, valid_unicode
 
 # One encoder for every row: json.dumps with an option builds a new one each call.
 _to_json = json.JSONEncoder(ensure_ascii=False).encode
@@ -236,15 +235,3 @@ def check_rows(table: str, rows: Iterable[Sequence[object]]) -> None:
                 f"cannot store a {table} row: {reason}",
                 errors=[FieldError(f"{table}[{i}]", reason)],
             )
-
-
-def scrub(value: Any) -> Any:
-    """JSON-ready `value` with every string (key or value) that is not valid Unicode escaped
-    (`\\ud800`); everything else as it is."""
-    if isinstance(value, str):
-        return value if valid_unicode(value) else printable(value)
-    if isinstance(value, dict):
-        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    return value
