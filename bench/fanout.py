@@ -655,7 +655,7 @@ class Api:
         return float(out["sent"]), float(out["at"]), out["answer"]
 
     async def counts(self, warning_id: str) -> dict[str, dict[str, int]]:
-        async with self.http.get(f"{self.base}/v1/warnings/{warning_id}") as r:
+        async with self.http.get(f"{self.base}/v1/warnings/{warning_id}", headers=self.auth) as r:
             state: dict[str, Any] = await r.json()
         counts: dict[str, dict[str, int]] = state["channels"]
         return counts
@@ -673,7 +673,8 @@ class Api:
             await asyncio.sleep(POLL_S)
 
     async def retried(self, warning_id: str) -> int:
-        async with self.http.get(f"{self.base}/v1/warnings/{warning_id}/deliveries") as r:
+        url = f"{self.base}/v1/warnings/{warning_id}/deliveries"
+        async with self.http.get(url, headers=self.auth) as r:
             doc: dict[str, Any] = await r.json()
         return sum(1 for d in doc["deliveries"] if d["attempts"] != 1)
 
