@@ -149,9 +149,11 @@ class ReceiptDesk:
         return data
 
     async def _confirmed_before(self, warning_id: str, data: dict[str, object]) -> bool:
-        for entry in await self.store.entries_for(warning_id):
-            if entry.stage == Stage.RECEIPT and entry.data == data:
-                return True
+        """Whether this very confirmation already covered its township (a repeat)."""
+        by = {k: data[k] for k in ("means", "by", "reported_at")}
+        for row in await self.store.coverage_for(warning_id):
+            if row.township == data["township"]:
+                return row.covered_by == by
         return False
 
     @contextmanager

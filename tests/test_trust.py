@@ -471,3 +471,18 @@ def test_mask_rules() -> None:
         "message_id": "sms-13800001001",
         "landline": "023-12345678",
     }
+
+
+async def test_the_same_manual_confirmation_twice_is_applied_once(api: GatewayClient) -> None:
+    old = wanzhou_red(area={"districts": [WANZHOU]}, channels=["email"])  # email is off
+    assert (await post(api, old, "platform"))[0] == 202
+    doc = manual(old["id"], "500101244")  # 黄柏乡, a sample blind spot
+    first = await receipt(api, doc, "platform")
+    second = await receipt(api, doc, "platform")
+    assert first[0] == second[0] == 202
+    assert "duplicate" not in first[1]
+    assert second[1]["duplicate"] is True
+    manual_entries = [
+        e for e in await receipt_entries(api, old["id"]) if e["data"]["source"] == "manual"
+    ]
+    assert len(manual_entries) == 1
