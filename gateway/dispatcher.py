@@ -229,6 +229,7 @@ class Dispatcher:
         jobs = self._jobs.pop(warning_id, set())
         for job in jobs:
             job.stopped = True
+            self._room.discard(self._wait_key(job), job)  # so no probe picks a dead delivery
         halted = []
         loop = asyncio.get_running_loop()
         for task, job in list(self._sending.items()):

@@ -122,6 +122,24 @@ async def test_probe_releases_the_most_urgent_waiter_after_probe_s(
     assert sorted(r.released) == sorted(waiters)
 
 
+async def test_a_probed_waiter_that_never_comes_back_leaves_its_group_probed() -> None:
+    """The probe's trial may end without a verdict (its warning was cancelled meanwhile, a
+    permanent error): the group must still be probed, or the rest wait out their backoff after
+    the far side is back."""
+    r = Room()
+    for item in ("red", "orange", "blue"):
+        r.room.wait("endpoint partner-cq-tv", item, LONG_S)
+    await r.time.advance(PROBE_S)
+    assert r.released == ["red"]  # dropped by its owner: it will not wait again
+    await r.time.advance(PROBE_S)
+    assert r.released == ["red", "orange"]
+    await r.time.advance(PROBE_S)
+    assert r.released == ["red", "orange", "blue"]
+    assert len(r.room) == 0
+    await r.time.advance(2 * LONG_S)
+    assert r.released == ["red", "orange", "blue"]
+
+
 async def test_a_short_wait_needs_no_probe() -> None:
     r = Room()
     r.room.wait("mqtt", "blue", 1.0)
@@ -166,6 +184,22 @@ async def test_a_released_waiter_is_not_released_again(
     await r.time.advance(2 * LONG_S)  # past every timer and probe
     assert sorted(r.released) == ["blue", "red"]
     assert len(r.room) == 0
+
+
+async def test_a_discarded_waiter_is_never_released_nor_probed() -> None:
+    """A stopped delivery leaves the room at once: the probe picks a live one."""
+    r = Room()
+    r.room.wait("mqtt", "red", LONG_S)
+    r.room.wait("mqtt", "blue", LONG_S)
+    await settle()
+    r.room.discard("mqtt", "red")
+    r.room.discard("mqtt", "red")  # twice, or never there: no-op
+    r.room.discard("email", "red")
+    assert len(r.room) == 1
+    await r.time.advance(PROBE_S)
+    assert r.released == ["blue"]
+    await r.time.advance(2 * LONG_S)
+    assert r.released == ["blue"]
 
 
 async def test_close_releases_nothing() -> None:
