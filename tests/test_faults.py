@@ -19,6 +19,7 @@ broken mechanism could not meet (a backoff of 30 s, a partner timeout of 20 s).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -254,6 +255,39 @@ async def test_deliveries_waiting_on_a_long_backoff_go_when_the_broker_returns(
     errors = [e for e in await ledger(api, body["id"]) if e["data"].get("error")]
     assert errors
     assert all(e["data"]["transient"] for e in errors)
+
+
+async def test_a_partner_back_is_noticed_although_its_most_urgent_waiter_was_cancelled(
+    tmp_path: Path, make_client: MakeClient, webhook_receivers: MakeReceiver
+) -> None:
+    """A partner down (503) with deliveries of two warnings waiting out a 30 s backoff; the more
+    urgent warning is cancelled, so the probe's first pick is a delivery that no longer goes.
+    The partner's return must still be noticed within seconds (a webhook partner has no
+    reconnect to report it: the probe is all there is)."""
+    down = webhook_receivers(secret=SECRET_TV, down_until_healed=True, retry_after="")
+    ok = webhook_receivers(secret=SECRET_NEWS)
+    partners = {"partner-cq-tv": down.url, "partner-cq-news": ok.url}
+    config = fanout_config(tmp_path, partners=partners, channels={"webhook": f"{{{SLOW_RETRY}}}"})
+    api = await make_client(load_settings(config, env_for(tmp_path)))
+    orange = warning_body(level=2, title="重庆市气象台发布暴雨橙色预警信号", channels=["webhook"])
+    blue = warning_body(level=4, title="重庆市气象台发布暴雨蓝色预警信号", channels=["webhook"])
+    for body in (orange, blue):
+        await post_warning(api, body)
+
+    async def tried_at_tv(warning_id: str) -> bool:
+        found = [d for d in await deliveries(api, warning_id) if d["endpoint"] == "partner-cq-tv"]
+        return len(found) == 1 and found[0]["attempts"] >= 1
+
+    for body in (orange, blue):
+        tried = functools.partial(tried_at_tv, body["id"])
+        await until(tried, within=10, what="a 503 from the partner")
+    cancel = follow_up(orange, "cancel", title="解除暴雨橙色预警信号", channels=["webhook"])
+    await post_warning(api, cancel)
+    await until(lambda: tried_at_tv(cancel["id"]), within=10, what="the cancel refused too")
+    down.heal()
+    for body in (blue, cancel):
+        state = await settled(api, body["id"], within=BACK_WITHIN_S)
+        assert state["channels"]["webhook"]["delivered"] == 2
 
 
 # ---- SMTP refusing for longer than the old attempt budget ---------------------------------
