@@ -321,6 +321,33 @@ async def test_smtp_451_past_the_old_attempt_budget_then_250_delivers_every_emai
     assert failed == []
 
 
+async def test_emails_waiting_on_a_long_backoff_go_when_the_smtp_server_returns(
+    tmp_path: Path, make_client: MakeClient, smtp_server_factory: SmtpServerFactory
+) -> None:
+    """An SMTP server stopped (its pooled connections dead) while emails wait out a 30 s
+    backoff: its return is found by the probe, whose success wakes the others at once."""
+    smtp = smtp_server_factory()
+    email = f"{{url: '{smtp.url}', {SLOW_RETRY}}}"
+    config = fanout_config(tmp_path, smtp_url=smtp.url, channels={"email": email})
+    api = await make_client(load_settings(config, env_for(tmp_path)))
+    first = warning_body(channels=["email"])
+    await post_warning(api, first)
+    await settled(api, first["id"])  # the channel now holds live pooled connections
+    smtp.stop()
+    body = warning_body(channels=["email"])
+    await post_warning(api, body)
+
+    async def all_failed_once() -> bool:
+        found = await deliveries(api, body["id"])
+        return len(found) == YUZHONG_TOWNSHIPS and all(d["attempts"] >= 1 for d in found)
+
+    await until(all_failed_once, within=15, what="every email refused while the server is down")
+    smtp.start()
+    state = await settled(api, body["id"], within=BACK_WITHIN_S)
+    assert state["channels"]["email"]["delivered"] == YUZHONG_TOWNSHIPS
+    assert len(smtp.messages()) == 2 * YUZHONG_TOWNSHIPS
+
+
 # ---- one partner hangs ---------------------------------------------------------------------
 
 PER_ENDPOINT = 4
