@@ -359,6 +359,7 @@ class Dispatcher:
         if runtime.rate is not None:
             await runtime.rate.acquire()
             if job.stopped:
+                self.breaker.release(endpoint.id)  # it may be a half-open circuit's one trial
                 return True
         n = job.attempts + 1
         started = self.clock()

@@ -9,6 +9,8 @@ the recovery design.md "Delivery under faults" promises:
   backoff until `expires_at`; `attempts` bounds nothing but permanent errors' bookkeeping."
 - "When a channel's connection comes back (broker, SMTP server), its waiting deliveries are
   tried at once, not after their backoff."
+- "a circuit breaker half-opens with one trial request": a trial that ends without a verdict
+  (its warning stopped) lets another trial through.
 - "A slow or hanging endpoint holds at most `per_endpoint` of its channel's workers (default 4),
   so the others, and red warnings, are not held up."
 
@@ -22,13 +24,17 @@ import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiomqtt
+import pytest
 
+from gateway.channels.base import Channel, Message, Outcome, TransientDeliveryError
 from gateway.config import load_settings
+from gateway.flow import RateLimiter
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import (
@@ -419,3 +425,82 @@ async def _hanging_attempts_ended(api: GatewayClient, blues: list[dict[str, Any]
 def _warning_of(body: str) -> str:
     """The warning id of a webhook body `{"type", "timestamp", "data": {id, ...}}`."""
     return str(json.loads(body)["data"]["id"])
+
+
+# ---- a half-open circuit's trial stopped before it was sent --------------------------------
+
+
+class GatedLimiter(RateLimiter):
+    """A rate limiter that lets nobody through while `gate` is clear; `waiting` counts the
+    acquisitions held at it."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        super().__init__(rate, burst)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+
+
+@dataclass
+class FailOnce(Channel):
+    """SMS double: the first send closes the gate of the channel's limiter (the app builds it
+    later, hence the list) and fails (transient); later sends succeed and are recorded."""
+
+    limiters: list[GatedLimiter]
+    name: ClassVar[str] = "sms"
+    sent: list[str] = field(default_factory=list)
+    calls: int = 0
+
+    async def send(self, message: Message) -> Outcome:
+        self.calls += 1
+        if self.calls == 1:
+            self.limiters[0].gate.clear()
+            raise TransientDeliveryError("told to fail")
+        self.sent.append(message.notice.id)
+        return Outcome(delivered=True)
+
+
+async def test_a_trial_stopped_at_the_rate_limiter_lets_another_trial_through(
+    tmp_path: Path, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint's circuit opens (threshold 1); after the cooldown a retry becomes the one
+    trial and waits at the channel's rate limiter; its warning is cancelled meanwhile. That
+    trial ends without a verdict, so the next warning's delivery to the endpoint must be let
+    through, not told to wait for a trial that will never end."""
+    limiters: list[GatedLimiter] = []
+
+    def limiter(rate: float, burst: float | None = None) -> GatedLimiter:
+        limiters.append(GatedLimiter(rate, burst))
+        return limiters[-1]
+
+    monkeypatch.setattr("gateway.app.RateLimiter", limiter)
+    sms = f"{{provider: stub, rate_per_s: 100, {FAST_RETRY}}}"
+    config = fanout_config(tmp_path, channels={"sms": sms})
+    yaml = config / "gateway.yaml"
+    text = yaml.read_text(encoding="utf-8").replace("failures: 50", "failures: 1")
+    yaml.write_text(text, encoding="utf-8")
+    channel = FailOnce(limiters)
+    api = await make_client(load_settings(config, env_for(tmp_path)), channels={"sms": channel})
+    area = {"townships": ["500103001"]}
+    first = warning_body(area=area, channels=["sms"])
+    await post_warning(api, first)
+
+    async def trial_held() -> bool:
+        return channel.calls == 1 and limiters[0].waiting == 1
+
+    await until(trial_held, within=10, what="the half-open trial held at the rate limiter")
+    await post_warning(api, follow_up(first, "cancel", channels=["sms"]))
+    limiters[0].gate.set()  # the stopped trial goes no further
+    second = warning_body(area=area, channels=["sms"])
+    await post_warning(api, second)
+    state = await settled(api, second["id"], within=BACK_WITHIN_S)
+    assert state["channels"]["sms"]["delivered"] == 1
+    assert channel.sent.count(second["id"]) == 1
+    assert first["id"] not in channel.sent
