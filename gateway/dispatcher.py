@@ -262,6 +262,7 @@ class Dispatcher:
         jobs = self._jobs.pop(warning_id, set())
         for job in jobs:
             job.stopped = True
+            self._room.discard(self._wait_key(job), job)  # so no probe picks a dead delivery
         halted = []
         loop = asyncio.get_running_loop()
         for task, job in list(self._sending.items()):
@@ -391,6 +392,7 @@ class Dispatcher:
         if runtime.rate is not None:
             await runtime.rate.acquire()
             if job.stopped:
+                self.breaker.release(endpoint.id)  # it may be a half-open circuit's one trial
                 return True
         n = job.attempts + 1
         started = self.clock()

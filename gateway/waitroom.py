@@ -5,8 +5,10 @@ SMTP server) or one endpoint (a partner's server). `wake(key)` releases a group 
 dispatcher calls it when a send through that transport or endpoint succeeds, and when a channel
 reports its connection is back. So nobody waits out a long backoff after the far side has
 recovered, each group has a probe: its most urgent waiter (`rank`, lowest first) is released
-after at most `probe_s`, one trial whose success wakes the rest. A group thus tries about one
-delivery per `probe_s` while the far side is down, and all of them moments after its return.
+after at most `probe_s`, one trial whose success wakes the rest, and probes go on every
+`probe_s` while the group is not empty (a trial may end without waiting again). A group thus
+tries about one delivery per `probe_s` while the far side is down, and all of them moments
+after its return.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ class WaitRoom(Generic[T]):
             self._release(item)
         return len(group)
 
+    def discard(self, key: Hashable, item: T) -> None:
+        """Forget `item` (waiting in group `key`) without releasing it; no-op if it is not there."""
+        group = self._groups.get(key)
+        timer = group.pop(item, None) if group is not None else None
+        if timer is None:
+            return
+        timer.cancel()
+        if not group:
+            self._end_group(key)
+
     def close(self) -> None:
         """Cancel every timer; the waiters are not released."""
         for task in [
@@ -97,6 +109,10 @@ class WaitRoom(Generic[T]):
         group.pop(item).cancel()
         if not group:
             self._end_group(key)
+        else:
+            # The trial may never wait again (stopped meanwhile, a permanent error): keep
+            # probing the others, or they would wait out their backoff after the far side is back.
+            self._probes[key] = asyncio.create_task(self._probe(key), name=f"probe {key}")
         self._release(item)
 
     def _end_group(self, key: Hashable) -> None:

@@ -55,18 +55,26 @@ def _answers_mqtt(port: int) -> bool:
 
 
 class Mosquitto:
-    """`mosquitto -c FILE` on 127.0.0.1:`port`; `restart` keeps the port. Not persistent:
-    retained messages and sessions are lost on stop."""
+    """`mosquitto -c FILE` on 127.0.0.1:`port`; `restart` keeps the port. Not persistent by
+    default: retained messages and sessions are lost on stop. `persistent=True` saves them at a
+    clean `stop` (SIGTERM) and loads them on `start`, as a broker restarted for maintenance
+    does; a `kill` (SIGKILL) loses what changed since the last save, as in a crash."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
         self.config = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        persistence = "persistence false\n"
+        if persistent:
+            store = workdir / f"mosquitto-{self.port}-store"
+            store.mkdir(exist_ok=True)
+            # As root, Mosquitto would drop to its own user, who cannot write under tmp_path.
+            persistence = f"persistence true\npersistence_location {store}/\nuser root\n"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{persistence}"
             f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
             "log_dest stderr\n"
             "log_type error\n"

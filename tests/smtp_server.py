@@ -1,14 +1,16 @@
 """An aiosmtpd SMTP server in its own process, for tests that stop and restart their server.
 
 Run: `python -m tests.smtp_server --port P --maildir DIR [--fail-first N] [--fail-code 451]
-[--reject-rcpt ADDR]... [--auth USER:PASSWORD] [--tls-cert PEM --tls-key PEM]`.
+[--fail-until FILE] [--reject-rcpt ADDR]... [--auth USER:PASSWORD] [--tls-cert PEM --tls-key PEM]`.
 
 Each accepted message is stored before the 250 reply as `DIR/msg-NNNNNN.json` (envelope sender,
 recipients, the raw message in base64), written atomically. The first N DATA commands are
-answered with `--fail-code` (451 temporary, 550 permanent); RCPT for a `--reject-rcpt` address is
-answered 550. Each EHLO/HELO appends the client's address to `DIR/sessions.log`, so a test can
-count the connections a client opened (distinct addresses: a second EHLO after STARTTLS is the
-same connection; a readiness probe that never says EHLO is none).
+answered with `--fail-code` (451 temporary, 550 permanent), and so is every DATA command while
+`--fail-until` FILE does not exist (a spell of refusals the test ends with `SmtpServer.heal`);
+RCPT for a `--reject-rcpt` address is answered 550. Each EHLO/HELO appends the client's address
+to `DIR/sessions.log`, so a test can count the connections a client opened (distinct addresses:
+a second EHLO after STARTTLS is the same connection; a readiness probe that never says EHLO is
+none).
 `--auth` requires AUTH (PLAIN/LOGIN); `--tls-cert/--tls-key` offer STARTTLS.
 
 `SmtpServer` drives that process from a test; the `smtp_server` fixture is a started one and
@@ -42,6 +44,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.05
 SESSIONS_LOG = "sessions.log"
+HEALED = "healed"
 SERVER_HOSTNAME = "test-smtp"
 FAIL_TEXT = {4: "4.3.0 temporary failure, try again later", 5: "5.7.1 message rejected"}
 
@@ -53,10 +56,16 @@ class Handler:
     """aiosmtpd hooks: store, fail the first N DATA commands, refuse listed recipients."""
 
     def __init__(
-        self, maildir: Path, fail_first: int, fail_code: int, reject_rcpt: Sequence[str]
+        self,
+        maildir: Path,
+        fail_first: int,
+        fail_code: int,
+        reject_rcpt: Sequence[str],
+        fail_until: Path | None = None,
     ) -> None:
         self.maildir = maildir
         self.fail_left = fail_first
+        self.fail_until = fail_until
         self.fail_code = fail_code
         self.reject = {a.lower() for a in reject_rcpt}
         self.stored = len(list(maildir.glob("msg-*.json")))
@@ -103,6 +112,8 @@ class Handler:
         if self.fail_left > 0:
             self.fail_left -= 1
             return f"{self.fail_code} {FAIL_TEXT[self.fail_code // 100]}"
+        if self.fail_until is not None and not self.fail_until.exists():
+            return f"{self.fail_code} {FAIL_TEXT[self.fail_code // 100]}"
         self.stored += 1
         name = f"msg-{self.stored:06d}"
         raw = envelope.original_content or b""
@@ -132,7 +143,10 @@ def _authenticator(user: str, password: str) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    handler = Handler(Path(args.maildir), args.fail_first, args.fail_code, args.reject_rcpt)
+    fail_until = Path(args.fail_until) if args.fail_until else None
+    handler = Handler(
+        Path(args.maildir), args.fail_first, args.fail_code, args.reject_rcpt, fail_until
+    )
     tls: ssl.SSLContext | None = None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -161,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fail-code", type=int, default=451, choices=(421, 450, 451, 452, 550, 554)
     )
+    parser.add_argument("--fail-until", help="refuse every DATA until this file exists")
     parser.add_argument("--reject-rcpt", action="append", default=[])
     parser.add_argument("--auth", help="USER:PASSWORD that AUTH must present")
     parser.add_argument("--tls-cert")
@@ -192,6 +207,7 @@ class SmtpServer:
         *,
         fail_first: int = 0,
         fail_code: int = 451,
+        fail_until_healed: bool = False,
         reject_rcpt: Sequence[str] = (),
         auth: str | None = None,
         tls_cert: Path | None = None,
@@ -207,6 +223,9 @@ class SmtpServer:
             "--fail-first", str(fail_first),
             "--fail-code", str(fail_code),
         ]  # fmt: skip
+        self.healed = maildir / HEALED
+        if fail_until_healed:
+            self.args += ["--fail-until", str(self.healed)]
         for addr in reject_rcpt:
             self.args += ["--reject-rcpt", addr]
         if auth:
@@ -236,6 +255,10 @@ class SmtpServer:
 
     def stop(self) -> None:
         stop_process(self.proc, STOP_TIMEOUT)
+
+    def heal(self) -> None:
+        """End a `fail_until_healed` spell: DATA is accepted from now on."""
+        self.healed.touch()
 
     def restart(self) -> SmtpServer:
         self.stop()
@@ -268,6 +291,7 @@ class SmtpServerFactory(Protocol):
         *,
         fail_first: int = 0,
         fail_code: int = 451,
+        fail_until_healed: bool = False,
         reject_rcpt: Sequence[str] = (),
         auth: str | None = None,
         tls_cert: Path | None = None,
@@ -284,6 +308,7 @@ def fixture_smtp_server_factory(tmp_path: Path) -> Iterator[SmtpServerFactory]:
         *,
         fail_first: int = 0,
         fail_code: int = 451,
+        fail_until_healed: bool = False,
         reject_rcpt: Sequence[str] = (),
         auth: str | None = None,
         tls_cert: Path | None = None,
@@ -293,6 +318,7 @@ def fixture_smtp_server_factory(tmp_path: Path) -> Iterator[SmtpServerFactory]:
             tmp_path / f"mail-{len(servers)}",
             fail_first=fail_first,
             fail_code=fail_code,
+            fail_until_healed=fail_until_healed,
             reject_rcpt=reject_rcpt,
             auth=auth,
             tls_cert=tls_cert,

@@ -6,7 +6,9 @@ Every request to any path is verified with the stock `standardwebhooks` library,
 the next status of the script (the last one repeats forever) and logged as one JSON line
 `{webhook_id, verified, status, body, error, headers}` before the answer goes out. Script items:
 an HTTP status (an error status carries `Retry-After: --retry-after` unless that is empty), or
-`hang`, which sleeps `--hang-s` seconds (past any client timeout) before answering 200.
+`hang`, which sleeps `--hang-s` seconds (past any client timeout) before answering 200. While
+`--down-until` FILE does not exist, every request is answered 503 instead, and the script does
+not advance (a partner down until the test calls `WebhookReceiver.heal`).
 GET /healthz answers 200 and is not logged.
 
 `WebhookReceiver` starts the process on a free loopback port and reads its log; the
@@ -84,7 +86,10 @@ def _build_app(args: argparse.Namespace) -> web.Application:
             webhook.verify(raw, headers, json_parse=False)  # CAP bodies are XML
         except (WebhookVerificationError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        item = script.next()
+        down = args.down_until is not None and not await asyncio.to_thread(
+            os.path.exists, args.down_until
+        )
+        item = "503" if down else script.next()
         entry = {
             "webhook_id": request.headers.get("webhook-id"),
             "verified": error is None,
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         "--retry-after", default="7", help="Retry-After of error answers ('' = none)"
     )
     parser.add_argument("--reply-bytes", type=int, default=0, help="pad every answer's body")
+    parser.add_argument("--down-until", help="answer 503 until this file exists")
     parser.add_argument("--log", required=True, help="JSON lines file, appended to")
     args = parser.parse_args(argv)
     web.run_app(
@@ -144,9 +150,11 @@ class WebhookReceiver:
         hang_s: float = DEFAULT_HANG_S,
         retry_after: str = "7",
         reply_bytes: int = 0,
+        down_until_healed: bool = False,
     ) -> None:
         self.port = free_port()
         self.log = workdir / f"webhook-receiver-{self.port}.jsonl"
+        self.healed = workdir / f"webhook-receiver-{self.port}.healed"
         self.output = workdir / f"webhook-receiver-{self.port}.out"
         self.args = [
             *("--port", str(self.port), "--secret", secret, "--script", script),
@@ -154,6 +162,8 @@ class WebhookReceiver:
             *("--retry-after", retry_after, "--reply-bytes", str(reply_bytes)),
             *("--log", str(self.log)),
         ]
+        if down_until_healed:
+            self.args += ["--down-until", str(self.healed)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,6 +186,10 @@ class WebhookReceiver:
 
     def stop(self) -> None:
         stop_process(self.proc, STOP_TIMEOUT)
+
+    def heal(self) -> None:
+        """End a `down_until_healed` spell: the script answers from now on."""
+        self.healed.touch()
 
     def restart(self) -> WebhookReceiver:
         self.stop()
@@ -202,6 +216,7 @@ class MakeReceiver(Protocol):
         hang_s: float = ...,
         retry_after: str = ...,
         reply_bytes: int = ...,
+        down_until_healed: bool = ...,
     ) -> WebhookReceiver: ...
 
 
