@@ -113,6 +113,8 @@ class _Job:
     stopped: bool = False
     halted: asyncio.Future[None] | None = None
     """Set by `stop` when it interrupts the job's send; resolved once the worker let go."""
+    trial: bool = False
+    """This attempt is the one trial of its endpoint's half-open circuit."""
 
 
 _Queue = asyncio.PriorityQueue[tuple[int, int, _Job]]
@@ -392,7 +394,7 @@ class Dispatcher:
         if runtime.rate is not None:
             await runtime.rate.acquire()
             if job.stopped:
-                self.breaker.release(endpoint.id)  # it may be a half-open circuit's one trial
+                self._untrial(job, endpoint)
                 return True
         n = job.attempts + 1
         started = self.clock()
@@ -414,11 +416,12 @@ class Dispatcher:
                 task.uncancel()
                 job.halted.set_result(None)
         if job.stopped:
-            self.breaker.release(endpoint.id)
+            self._untrial(job, endpoint)
             return True
         if error is not None:
             return self._failed(runtime, job, endpoint, started, error)
         self.breaker.success(endpoint.id)
+        job.trial = False
         self._room.wake(self._wait_key(job))  # the far side is back: nobody waits longer
         self._delivered(job, endpoint, n, started, outcome)
         return True
@@ -441,6 +444,7 @@ class Dispatcher:
         # Wait out an open circuit outside the queue: other endpoints keep the workers busy.
         delay = self.breaker.admit(endpoint.id)
         if delay <= 0:
+            job.trial = self.breaker.in_trial(endpoint.id)
             return None
         left = (notice.expires_at - now).total_seconds()
         if left <= 0:
@@ -449,6 +453,12 @@ class Dispatcher:
             return True
         self._later(min(delay, left), job)
         return False
+
+    def _untrial(self, job: _Job, endpoint: Endpoint) -> None:
+        """A trial that ends with no verdict (stopped, a permanent error) lets another go."""
+        if job.trial:
+            job.trial = False
+            self.breaker.release(endpoint.id)
 
     def _failed(
         self,
@@ -462,8 +472,9 @@ class Dispatcher:
         n = job.attempts = job.attempts + 1
         if isinstance(error, TransientDeliveryError):
             self.breaker.failure(endpoint.id)
+            job.trial = False
         else:
-            self.breaker.release(endpoint.id)
+            self._untrial(job, endpoint)
         self._failed_attempt(job, endpoint, n, started, error)
         if isinstance(error, EndpointGone):
             self.disabled[endpoint.id] = error.reason

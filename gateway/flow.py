@@ -86,6 +86,10 @@ class CircuitBreaker:
         self._trial.add(endpoint_id)
         return 0.0
 
+    def in_trial(self, endpoint_id: str) -> bool:
+        """Whether a half-open circuit's one trial is under way."""
+        return endpoint_id in self._trial
+
     def release(self, endpoint_id: str) -> None:
         """A trial ended with neither verdict (stopped, a permanent error): admit another."""
         self._trial.discard(endpoint_id)
