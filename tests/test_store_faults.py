@@ -183,3 +183,55 @@ def wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def test_blind_spot_escalation_survives_a_crash_right_after_the_commit(
+    config_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """design.md: everything decided at ingest (blind-spot escalations included) is committed
+    with the warning, so a crash right after the commit loses none of it; each escalation
+    happens once (art. 20: blind spots are escalated at once)."""
+    from tests.sms_provider import SmsProviderProcess
+
+    provider = SmsProviderProcess(tmp_path / "sms.jsonl")  # down: nothing can go out yet
+    gateway_yaml = config_dir / "gateway.yaml"
+    gateway_yaml.write_text(
+        gateway_yaml.read_text().replace(
+            "sms: {provider: stub}",
+            f"sms: {{provider: http, url: '{provider.url}', "
+            "retry: {initial_s: 0.05, max_s: 0.2, jitter_s: 0}}",
+        )
+    )
+    gw_env = {**env, "GATEWAY_CONFIG": str(config_dir)}
+    gw = GatewayProcess(gw_env, tmp_path).start()
+    body = warning_body(
+        area={"townships": ["500101239", "500101001"]},  # 恒合土家族乡 is a sample blind spot
+        issuer={"unit": "重庆市气象台", "role": "重庆气象局"},
+        channels=["sms"],
+    )
+    try:
+        status, _, answer = http(gw.url + "/v1/warnings", body)
+        assert status == 202, answer
+        assert answer["blind_spots"] == ["500101239"]
+        gw.kill()  # SIGKILL: the follow-up of the 202 never runs to its end
+        provider.start()
+        gw.start()
+        wait_for(lambda: open_deliveries(gw, body["id"]) == 0, "the warning's SMS after restart")
+
+        def escalations_sent() -> list[str]:
+            return [r["headers"].get("idempotency-key", "") for r in provider.requests()]
+
+        wait_for(
+            lambda: any("/escalate-blind_spot/" in k for k in escalations_sent()),
+            "the blind spot's escalation after restart",
+        )
+        state = http(gw.url + f"/v1/warnings/{body['id']}")[2]
+        assert sum(c["delivered"] + c["sent"] for c in state["escalations"].values()) >= 1
+        entries = http(gw.url + f"/v1/warnings/{body['id']}/receipts")[2]["entries"]
+        escalated = [e for e in entries if e["stage"] == "escalated"]
+        assert [e["data"]["township"] for e in escalated] == ["500101239"]  # once
+        keys = [k for k in escalations_sent() if "/escalate-" in k]
+        assert len(keys) == len(set(keys)) == state["escalations"]["sms"]["planned"]
+    finally:
+        gw.stop()
+        provider.stop()
