@@ -110,7 +110,8 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> GatewayProcess:
+    def start(self, timeout: float = START_TIMEOUT) -> GatewayProcess:
+        """Start and wait until /healthz answers, for at most `timeout` seconds."""
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
                 gateway_cmd("serve", *self.args),
@@ -120,7 +121,8 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        wait_ready(self.proc, lambda: http_ok(self.url + "/healthz"), "gateway", self.output)
+        ready = self.url + "/healthz"
+        wait_ready(self.proc, lambda: http_ok(ready), "gateway", self.output, timeout)
         return self
 
     def output(self) -> str:
