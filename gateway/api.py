@@ -6,6 +6,7 @@ client's bearer token and the route's scope (`requires`); reads mask personal da
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,15 +15,24 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.cap import DEFAULT_CAP_SENDER, cap_to_document, document_to_cap
 from gateway.clients import Scope
+from gateway.config import DEFAULT_BODY_TIMEOUT_S
 from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
 from gateway.endpoints import EndpointBook
-from gateway.exceptions import NotFound, PayloadTooLarge, RequestError, UnsupportedMedia
+from gateway.exceptions import (
+    BodyTimeout,
+    ClientGone,
+    InvalidWarning,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMedia,
+)
 from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
 from gateway.ingest import Ingest, utc_now
 from gateway.masking import mask
@@ -39,6 +49,7 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 INGEST = web.AppKey("ingest", Ingest)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body", int)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 REGISTRY = web.AppKey("registry", Registry)
 BOOK = web.AppKey("book", EndpointBook)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -56,33 +67,82 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as a JSON body; nothing internal leaks to the client."""
+    """Every error leaves as a JSON body; nothing internal leaks to the client. An HTTP
+    exception's headers (Allow of a 405, Retry-After) are kept; a body timeout closes the
+    connection; a client that left gets no answer."""
     try:
         return await handler(request)
+    except BodyTimeout as exc:
+        return await _answer_and_close(request, json_response(exc.body(), exc.status))
     except RequestError as exc:
         return json_response(exc.body(), exc.status)
+    except ClientGone:
+        return web.Response(status=400)  # unsendable: aiohttp drops it quietly
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return json_response({"code": code, "message": exc.reason}, exc.status)
+        resp = json_response({"code": code, "message": exc.reason}, exc.status)
+        resp.headers.extend((k, v) for k, v in exc.headers.items() if k not in _BODY_HEADERS)
+        return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"code": "internal_error", "message": "internal error"}, 500)
 
 
+_BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH})
+
+
+async def _answer_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send `resp`, then close the connection at once: the rest of a stalled body is not
+    waited for (aiohttp would linger reading it)."""
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+    return resp
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual)."""
+    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual).
+
+    Also UnsupportedMedia (`unsupported_encoding`) for a Content-Encoding other than identity,
+    BodyTimeout when the body has not arrived within the app's BODY_TIMEOUT, InvalidWarning for
+    a body aiohttp cannot frame, ClientGone (logged in one line) when the client left mid-body.
+    """
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMedia(
+            f"Content-Encoding {encoding} is not accepted; send the body unencoded (identity)",
+            code="unsupported_encoding",
+        )
     too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    timeout = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise BodyTimeout(f"the body did not arrive within {timeout:g} s") from exc
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            log.info(
+                "%s %s: client %s left after %d body bytes: %s",
+                request.method,
+                request.path,
+                request.remote,
+                size,
+                exc,
+            )
+            raise ClientGone(str(exc)) from exc
+        raise InvalidWarning(f"the body cannot be read: {exc}", code="malformed_body") from exc
     return b"".join(chunks)
 
 
