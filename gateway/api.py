@@ -191,8 +191,13 @@ async def get_warning(request: web.Request) -> web.Response:
     if stored is None:
         raise NotFound(f"no warning {wid}")
     if wants_cap(request):
+        ref = stored.warning.get("references")
+        referenced = await request.app[STORE].get_warning(ref) if ref else None
         xml = document_to_cap(
-            stored.warning, sender=DEFAULT_CAP_SENDER, registry=request.app[REGISTRY]
+            stored.warning,
+            sender=DEFAULT_CAP_SENDER,
+            referenced_sent_at=referenced.warning["sent_at"] if referenced else None,
+            registry=request.app[REGISTRY],
         )
         return web.Response(body=xml, content_type=CAP_TYPE, charset="utf-8")
     counts = await request.app[STORE].delivery_counts(wid)

@@ -412,10 +412,11 @@ def document_to_cap(
     """A stored warning document (`gateway.model.as_json_dict`) as CAP 1.2 XML, UTF-8.
 
     `sender` is the gateway's configured CAP sender id. The reference triple of an update or
-    cancel needs the referenced message's sent time: `referenced_sent_at` when the caller knows
-    it, else the document's own sent_at. `registry` names the codes in <areaDesc> when the
-    document's area has no description. Raises ValueError for a sender, identifier or status
-    that CAP forbids.
+    cancel is `sender,identifier,sent` of the REFERENCED message (CAP 1.2, 3.2.1): the caller
+    passes its sent_at as `referenced_sent_at` (the referenced warning was emitted by this
+    gateway, so its sender is `sender`); without it the document's own sent_at stands in.
+    `registry` names the codes in <areaDesc> when the document's area has no description.
+    Raises ValueError for a sender, identifier or status that CAP forbids.
     """
     if status not in _STATUSES:
         raise ValueError(f"CAP status {status!r} is not one of {', '.join(_STATUSES)}")

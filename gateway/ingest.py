@@ -198,7 +198,9 @@ class Ingest:
     ) -> None:
         """After the commit: dispatch, retire the replaced warning, watch coverage and expiry."""
         if self.dispatch is not None:
-            await self.dispatch(Notice.from_document(stored.warning), deliveries)
+            referenced = replaced.warning["sent_at"] if replaced is not None else None
+            notice = Notice.from_document(stored.warning, referenced_sent_at=referenced)
+            await self.dispatch(notice, deliveries)
         if replaced is not None and self.lifecycle is not None:
             await self.lifecycle.after_retire(replaced, clears)
         if stored.state != "active":
