@@ -171,12 +171,14 @@ async def post_warning(request: web.Request) -> web.Response:
 
 
 def cap_as_json(raw: bytes, limit: int, release_list: ReleaseList) -> bytes:
-    """A CAP 1.2 body as the JSON warning it stands for; the category follows from annex 1."""
-    doc = cap_to_document(raw, max_bytes=limit)
-    if "category" not in doc and isinstance(doc.get("hazard"), str):
-        category = release_list.category_of(doc["hazard"])
-        if category is not None:
-            doc["category"] = category.value
+    """A CAP 1.2 body as the JSON warning it stands for; the category follows from annex 1, or
+    for an event annex 1 does not list, from CAP's own <category>."""
+
+    def category_of(hazard: str) -> str | None:
+        category = release_list.category_of(hazard)
+        return category.value if category is not None else None
+
+    doc = cap_to_document(raw, max_bytes=limit, category_of=category_of)
     return json.dumps(doc, ensure_ascii=False).encode()
 
 

@@ -182,3 +182,39 @@ async def test_national_profile_cap_with_two_info_blocks_is_accepted(api: Gatewa
     assert stored["category"] == "natural_disaster"  # from annex 1 row 10
     assert stored["area"]["districts"] == ["500103"]
     assert stored["area"]["townships"] == ["500101001"]
+
+
+async def _stages(api: GatewayClient, wid: str) -> list[str]:
+    resp = await api.get(f"/v1/warnings/{wid}/receipts", headers=auth())
+    assert resp.status == 200, await resp.text()
+    return [e["stage"] for e in (await resp.json())["entries"]]
+
+
+@pytest.mark.parametrize(
+    ("client", "status", "code", "stages"),
+    [
+        pytest.param("platform", 403, "issuer_not_authorized", ["received", "rejected"], id="403"),
+        pytest.param("duty", 202, None, ["received", "authorized"], id="art26-duty-releases"),
+    ],
+)
+async def test_unlisted_cap_event_answers_like_its_json_twin(
+    api: GatewayClient, client: str, status: int, code: str | None, stages: list[str]
+) -> None:
+    """沙尘暴 is not in annex 1: CAP (<category>Met</category>) and JSON give the same answer."""
+    answers = []
+    for as_cap in (False, True):
+        body = warning_body(hazard="沙尘暴", title="重庆市气象台发布沙尘暴黄色预警")
+        if as_cap:
+            # No `category` parameter: CAP's own <category> is all the message says.
+            xml = document_to_cap({**body, "category": None}, sender=DEFAULT_CAP_SENDER)
+            xml = xml.replace(b"<category>Other</category>", b"<category>Met</category>")
+            assert b"<category>Met</category>" in xml
+            assert b"natural_disaster" not in xml
+            resp = await api.post("/v1/warnings", data=xml, headers={**auth(client), **CAP})
+        else:
+            resp = await api.post("/v1/warnings", json=body, headers=auth(client))
+        answer = await resp.json()
+        assert resp.status == status, answer
+        assert answer.get("code") == code
+        answers.append((resp.status, answer.get("code"), (await _stages(api, body["id"]))[:2]))
+    assert answers[0] == answers[1] == (status, code, stages)
