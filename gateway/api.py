@@ -6,6 +6,7 @@ client's bearer token and the route's scope (`requires`); reads mask personal da
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,15 +15,19 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.cap import DEFAULT_CAP_SENDER, cap_to_document, document_to_cap
 from gateway.clients import Scope
+from gateway.config import DEFAULT_BODY_TIMEOUT_S
 from gateway.coverage import CoverageTracker, coverage_report
 from gateway.dispatcher import Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import (
+    BodyTimeout,
+    ClientGone,
+    InvalidWarning,
     NotFound,
     PayloadTooLarge,
     RequestError,
@@ -45,6 +50,7 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 INGEST = web.AppKey("ingest", Ingest)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body", int)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 REGISTRY = web.AppKey("registry", Registry)
 BOOK = web.AppKey("book", EndpointBook)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -62,35 +68,84 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as a JSON body; nothing internal leaks to the client."""
+    """Every error leaves as a JSON body; nothing internal leaks to the client. An HTTP
+    exception's headers (Allow of a 405, Retry-After) are kept; a body timeout closes the
+    connection; a client that left gets no answer."""
     try:
         return await handler(request)
+    except BodyTimeout as exc:
+        return await _answer_and_close(request, json_response(exc.body(), exc.status))
     except RequestError as exc:
         response = json_response(exc.body(), exc.status)
         response.headers.update(exc.headers())
         return response
+    except ClientGone:
+        return web.Response(status=400)  # unsendable: aiohttp drops it quietly
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        return json_response({"code": code, "message": exc.reason}, exc.status)
+        resp = json_response({"code": code, "message": exc.reason}, exc.status)
+        resp.headers.extend((k, v) for k, v in exc.headers.items() if k not in _BODY_HEADERS)
+        return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"code": "internal_error", "message": "internal error"}, 500)
 
 
+_BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH})
+
+
+async def _answer_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send `resp`, then close the connection at once: the rest of a stalled body is not
+    waited for (aiohttp would linger reading it)."""
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+    return resp
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual)."""
+    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual).
+
+    Also UnsupportedMedia (`unsupported_encoding`) for a Content-Encoding other than identity,
+    BodyTimeout when the body has not arrived within the app's BODY_TIMEOUT, InvalidWarning for
+    a body aiohttp cannot frame, ClientGone (logged in one line) when the client left mid-body.
+    """
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMedia(
+            f"Content-Encoding {encoding} is not accepted; send the body unencoded (identity)",
+            code="unsupported_encoding",
+        )
     too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    timeout = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise BodyTimeout(f"the body did not arrive within {timeout:g} s") from exc
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            log.info(
+                "%s %s: client %s left after %d body bytes: %s",
+                request.method,
+                request.path,
+                request.remote,
+                size,
+                exc,
+            )
+            raise ClientGone(str(exc)) from exc
+        raise InvalidWarning(f"the body cannot be read: {exc}", code="malformed_body") from exc
     return b"".join(chunks)
 
 
@@ -119,12 +174,14 @@ async def post_warning(request: web.Request) -> web.Response:
 
 
 def cap_as_json(raw: bytes, limit: int, release_list: ReleaseList) -> bytes:
-    """A CAP 1.2 body as the JSON warning it stands for; the category follows from annex 1."""
-    doc = cap_to_document(raw, max_bytes=limit)
-    if "category" not in doc and isinstance(doc.get("hazard"), str):
-        category = release_list.category_of(doc["hazard"])
-        if category is not None:
-            doc["category"] = category.value
+    """A CAP 1.2 body as the JSON warning it stands for; the category follows from annex 1, or
+    for an event annex 1 does not list, from CAP's own <category>."""
+
+    def category_of(hazard: str) -> str | None:
+        category = release_list.category_of(hazard)
+        return category.value if category is not None else None
+
+    doc = cap_to_document(raw, max_bytes=limit, category_of=category_of)
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
@@ -139,8 +196,13 @@ async def get_warning(request: web.Request) -> web.Response:
     if stored is None:
         raise NotFound(f"no warning {wid}")
     if wants_cap(request):
+        ref = stored.warning.get("references")
+        referenced = await request.app[STORE].get_warning(ref) if ref else None
         xml = document_to_cap(
-            stored.warning, sender=DEFAULT_CAP_SENDER, registry=request.app[REGISTRY]
+            stored.warning,
+            sender=DEFAULT_CAP_SENDER,
+            referenced_sent_at=referenced.warning["sent_at"] if referenced else None,
+            registry=request.app[REGISTRY],
         )
         return web.Response(body=xml, content_type=CAP_TYPE, charset="utf-8")
     counts = await request.app[STORE].delivery_counts(wid)

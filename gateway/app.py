@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from typing import Any
 
 from aiohttp import web
 
 from gateway.api import (
+    BODY_TIMEOUT,
     BOOK,
     DISPATCHER,
     INGEST,
@@ -27,7 +29,7 @@ from gateway.api import (
 from gateway.channels.base import Channel
 from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
-from gateway.config import Settings
+from gateway.config import HttpSettings, Settings
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
@@ -65,13 +67,16 @@ def build_app(
     if book is None:
         book = EndpointBook.load(settings.endpoints_path, registry, settings.env)
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_body_bytes + 1
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes + 1,
+        handler_args=server_options(settings.http),
     )
     _check_partners(settings, book)
     app[METRICS] = Metrics()
     app[AUTH] = Authenticator(settings.clients)
     app[PUBLIC_METRICS] = settings.metrics.public
     app[MAX_BODY] = settings.max_body_bytes
+    app[BODY_TIMEOUT] = settings.http.body_timeout_s
     app[REGISTRY] = registry
     app[RELEASE_LIST] = release_list
     app[BOOK] = book
@@ -141,6 +146,18 @@ def build_app(
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app
+
+
+def server_options(http: HttpSettings) -> dict[str, Any]:
+    """aiohttp's per-connection options (`handler_args`; they win over `web.run_app`'s).
+
+    aiohttp's keep-alive timer also runs from the moment a connection opens until its first
+    request head is complete, so `keepalive_timeout` is the header timeout: a slowloris client
+    (a head never finished) or an idle kept-alive connection is closed after it. Bodies are
+    not decompressed, so a Content-Encoding reaches `read_body`, which answers 415 as JSON
+    (aiohttp would answer brotli with a plain-text 400, and inflate gzip past the size check).
+    """
+    return {"keepalive_timeout": http.header_timeout_s, "auto_decompress": False}
 
 
 def _check_partners(settings: Settings, book: EndpointBook) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -106,11 +106,32 @@ _CAP_CATEGORY_BY_KEYWORD: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+# CAP <category> → the gateway's category, used only for an event annex 1 does not list (annex 1
+# gives every listed hazard's). `Other` maps to none: such a body needs a `category` parameter.
+_GATEWAY_CATEGORY_BY_CAP = {
+    "Met": "natural_disaster",
+    "Geo": "natural_disaster",
+    "Health": "public_health",
+    "Security": "social_safety",
+    **dict.fromkeys(
+        ("Safety", "Rescue", "Fire", "Env", "Transport", "Infra", "CBRNE"), "accident_disaster"
+    ),
+}
+CategoryOf = Callable[[str], str | None]
+"""The gateway category annex 1 gives a hazard, None for a hazard it does not list."""
+
 # ───────────────────────────────────── CAP → document ─────────────────────────────────────
 
 
-def cap_to_document(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
+def cap_to_document(
+    raw: bytes, *, max_bytes: int, category_of: CategoryOf | None = None
+) -> dict[str, Any]:
     """The JSON warning document a CAP 1.2 alert carries, for the caller to validate.
+
+    With `category_of`, the category is a `category` parameter's, else `category_of(event)`
+    (annex 1), else, for an event annex 1 does not list, the first CAP <category> that maps: so
+    an unlisted event reaches the authority policy (403, or an art. 26 temporary release) as its
+    JSON twin does.
 
     Raises PayloadTooLarge above `max_bytes`, and InvalidWarning (code `invalid_cap`, with field
     errors named by CAP path, e.g. `alert.info[1].severity`) for XML that is malformed, declares a
@@ -121,7 +142,7 @@ def cap_to_document(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
         raise PayloadTooLarge(f"the CAP message has {len(raw)} bytes; at most {max_bytes} accepted")
     root = _parse(raw)
     errors: list[FieldError] = []
-    doc = _alert(root, errors)
+    doc = _alert(root, errors, category_of)
     # An XML parser refuses what UTF-8 cannot carry; checked anyway, as for JSON bodies.
     errors.extend(unicode_errors(doc))
     if errors:
@@ -173,7 +194,9 @@ def _text(parent: ET.Element, name: str) -> str | None:
     return child.text.strip() or None
 
 
-def _alert(root: ET.Element, errors: list[FieldError]) -> dict[str, Any]:
+def _alert(
+    root: ET.Element, errors: list[FieldError], category_of: CategoryOf | None
+) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for name, key in (("identifier", "id"), ("sent", "sent_at")):
         value = _text(root, name)
@@ -205,6 +228,7 @@ def _alert(root: ET.Element, errors: list[FieldError]) -> dict[str, Any]:
     else:
         index = _preferred_info(infos)
         _info(infos[index], f"alert.info[{index}]", doc, errors)
+        _category(infos[index], doc, category_of)
     return doc
 
 
@@ -264,6 +288,19 @@ def _info(info: ET.Element, path: str, doc: dict[str, Any], errors: list[FieldEr
     if "channels" in params:
         doc["channels"] = [c for c in _CHANNEL_SEP.split(params["channels"]) if c]
     _area(info.findall(_NS + "area"), doc)
+
+
+def _category(info: ET.Element, doc: dict[str, Any], category_of: CategoryOf | None) -> None:
+    if category_of is None or "category" in doc or not isinstance(doc.get("hazard"), str):
+        return
+    category = category_of(doc["hazard"])
+    if category is None:
+        cap = [(e.text or "").strip() for e in info.findall(_NS + "category")]
+        category = next(
+            (_GATEWAY_CATEGORY_BY_CAP[c] for c in cap if c in _GATEWAY_CATEGORY_BY_CAP), None
+        )
+    if category is not None:
+        doc["category"] = category
 
 
 def _level(
@@ -412,10 +449,11 @@ def document_to_cap(
     """A stored warning document (`gateway.model.as_json_dict`) as CAP 1.2 XML, UTF-8.
 
     `sender` is the gateway's configured CAP sender id. The reference triple of an update or
-    cancel needs the referenced message's sent time: `referenced_sent_at` when the caller knows
-    it, else the document's own sent_at. `registry` names the codes in <areaDesc> when the
-    document's area has no description. Raises ValueError for a sender, identifier or status
-    that CAP forbids.
+    cancel is `sender,identifier,sent` of the REFERENCED message (CAP 1.2, 3.2.1): the caller
+    passes its sent_at as `referenced_sent_at` (the referenced warning was emitted by this
+    gateway, so its sender is `sender`); without it the document's own sent_at stands in.
+    `registry` names the codes in <areaDesc> when the document's area has no description.
+    Raises ValueError for a sender, identifier or status that CAP forbids.
     """
     if status not in _STATUSES:
         raise ValueError(f"CAP status {status!r} is not one of {', '.join(_STATUSES)}")

@@ -36,6 +36,10 @@ from gateway.yamlfile import load_yaml, parse_model
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STORE = "sqlite:///var/gateway.db"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_BODY_TIMEOUT_S = 10.0
+"""Seconds a request body may take to arrive in full; later it is answered 408."""
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""Seconds a connection may stay without a complete request head (new or kept alive)."""
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 CHANNEL_NAMES = ("sms", "email", "mqtt", "webhook")
 DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
@@ -54,6 +58,16 @@ class MetricsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     public: bool = False
     """Whether GET /metrics answers without a `read` token (a scraper on a private network)."""
+
+
+class HttpSettings(BaseModel):
+    """Bounds on slow clients (design.md "HTTP contract"): a body that has not arrived within
+    `body_timeout_s` gets 408 and its connection is closed; a connection that has not sent a
+    complete request head within `header_timeout_s` (slowloris, or idle keep-alive) is closed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    body_timeout_s: float = Field(default=DEFAULT_BODY_TIMEOUT_S, gt=0, le=600)
+    header_timeout_s: float = Field(default=DEFAULT_HEADER_TIMEOUT_S, gt=0, le=3600)
 
 
 class _SentWindow(BaseModel):
@@ -167,6 +181,7 @@ class _GatewayFile(BaseModel):
     breaker: BreakerSettings = BreakerSettings()
     coverage: CoverageSettings = CoverageSettings()
     metrics: MetricsSettings = MetricsSettings()
+    http: HttpSettings = HttpSettings()
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     limits: Limits = field(default_factory=Limits)
     """The time window of a new warning (`ingest.sent_window_s`, `ingest.max_validity_days`)."""
+    http: HttpSettings = field(default_factory=HttpSettings)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from; webhook secrets are looked up in it."""
@@ -339,6 +355,7 @@ def load_settings(
         coverage=data.coverage,
         metrics=data.metrics,
         limits=data.ingest.limits(),
+        http=data.http,
         secrets=secrets,
         env=dict(env),
     )

@@ -57,7 +57,13 @@ from gateway.flow import (
 from gateway.ledger import LedgerDraft, Stage
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
-from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
+from gateway.store.base import (
+    Cover,
+    DeliveryRecord,
+    DeliveryState,
+    DeliveryUpdate,
+    StoredWarning,
+)
 from gateway.townships import Registry
 from gateway.waitroom import DEFAULT_PROBE_S, WaitRoom
 
@@ -215,7 +221,7 @@ class Dispatcher:
             if stored is None:
                 log.error("deliveries of unknown warning %s left pending", warning_id)
                 continue
-            await self.dispatch(Notice.from_document(stored.warning), records, resumed=True)
+            await self.dispatch(await notice_of(self.store, stored), records, resumed=True)
         if pending:
             log.info(
                 "resumed %d unfinished deliveries of %d warnings", len(pending), len(by_warning)
@@ -587,3 +593,13 @@ def _entry(
     if detail:
         data["detail"] = dict(detail)
     return data
+
+
+async def notice_of(store: Store, stored: StoredWarning) -> Notice:
+    """The notice of a stored warning, with the sent_at of the warning it references."""
+    ref = stored.warning.get("references")
+    referenced = await store.get_warning(ref) if ref else None
+    return Notice.from_document(
+        stored.warning,
+        referenced_sent_at=referenced.warning["sent_at"] if referenced is not None else None,
+    )

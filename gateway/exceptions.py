@@ -1,16 +1,18 @@
 """Every error the gateway raises on purpose, under one root.
 
 GatewayError
+├── ClientGone             the client closed its connection before its body arrived
 ├── ConfigError            bad or missing configuration (file, key, reason); exit code 2
 ├── RequestError           a request the gateway answers with an error body
 │   ├── InvalidWarning     400, with every field error of the body
 │   │   └── Unstorable     400, what the store cannot encode (also a ValueError); refused alone
+│   ├── BodyTimeout        408, the body did not arrive within http.body_timeout_s
 │   ├── PayloadTooLarge    413
 │   ├── Unauthenticated    401
 │   ├── Refused            403, an authority refusal with its `code` (annex 1, art. 15)
 │   ├── NotFound           404
 │   ├── Conflict           409
-│   ├── UnsupportedMedia   415
+│   ├── UnsupportedMedia   415 (also `unsupported_encoding`: a Content-Encoding but identity)
 │   ├── StoreUnavailable   503, the store cannot write now (with Retry-After)
 │   └── NotImplementedYet  501, a contract feature this version does not have yet
 └── LedgerCorrupt          the hash chain does not verify; names the first bad entry
@@ -77,6 +79,17 @@ class Unstorable(InvalidWarning, ValueError):
     """A write the store cannot encode (text that is not valid Unicode, a value JSON or SQLite
     cannot hold). Raised to its caller before the write joins a group commit, so no other
     request's write fails with it."""
+
+
+class BodyTimeout(RequestError):
+    """The body did not arrive in time; the answer closes the connection."""
+
+    status = 408
+    default_code = "body_timeout"
+
+
+class ClientGone(GatewayError):
+    """The client closed its connection mid-request: there is no one to answer."""
 
 
 class PayloadTooLarge(RequestError):

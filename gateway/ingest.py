@@ -213,7 +213,9 @@ class Ingest:
         what is pending), so its 202 is never turned into an error."""
         try:
             if self.dispatch is not None:
-                await self.dispatch(Notice.from_document(stored.warning), deliveries)
+                referenced = replaced.warning["sent_at"] if replaced is not None else None
+                notice = Notice.from_document(stored.warning, referenced_sent_at=referenced)
+                await self.dispatch(notice, deliveries)
             if replaced is not None and self.lifecycle is not None:
                 await self.lifecycle.after_retire(replaced, clears)
         except Exception:

@@ -17,8 +17,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from gateway.channels.base import Notice
-from gateway.dispatcher import CLEAR, EXPIRED, Dispatcher
+from gateway.dispatcher import CLEAR, EXPIRED, Dispatcher, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
@@ -130,4 +129,4 @@ class Lifecycle:
         """Once the store says `stored` is over: stop its tasks, send the clears."""
         self.unwatch(stored.id)
         await self.dispatcher.stop(stored.id)
-        await self.dispatcher.dispatch(Notice.from_document(stored.warning), clears)
+        await self.dispatcher.dispatch(await notice_of(self.store, stored), clears)

@@ -64,11 +64,12 @@ def make_message(
     level: int = 1,
     recipients: tuple[str, ...] = (CENTRE,),
     title: str = TITLE,
+    msg_type: str = "alert",
 ) -> Message:
     sent = datetime(2026, 7, 1, 6, 30, tzinfo=UTC)
     notice = Notice(
         id="w-2026-0701-001",
-        msg_type="alert",
+        msg_type=msg_type,
         level=level,
         hazard="暴雨",
         title=title,
@@ -112,6 +113,24 @@ async def test_subject_shows_colour_and_title(
     (stored,) = smtp_server.messages()
     assert stored.message["Subject"] == f"【{colour}预警】{TITLE}"
     assert b"=?utf-8?" in stored.raw  # encoded, not raw 8-bit, in the header
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "level", "expected"),
+    [
+        pytest.param("alert", 2, f"【橙色预警】{TITLE}", id="alert"),
+        pytest.param("update", 2, f"【更新】橙色预警 {TITLE}", id="update"),
+        pytest.param("cancel", 3, f"【解除】黄色预警 {TITLE}", id="cancel-解除预警"),
+    ],
+)
+async def test_subject_says_update_and_cancel(
+    smtp_server: SmtpServer, msg_type: str, level: int, expected: str
+) -> None:
+    async with channel(smtp_server.url) as email:
+        await email.send(make_message(level=level, msg_type=msg_type))
+
+    (stored,) = smtp_server.messages()
+    assert stored.message["Subject"] == expected
 
 
 async def test_body_headers_and_envelope(smtp_server: SmtpServer) -> None:

@@ -306,13 +306,18 @@ async def test_key_rotation_signs_with_every_secret(
         assert [s.split(",")[0] for s in signatures] == ["v1", "v1"]
 
 
-async def test_cap_format_posts_signed_schema_valid_cap(channel: WebhookChannel) -> None:
+async def test_cap_format_posts_signed_schema_valid_cap_in_json(channel: WebhookChannel) -> None:
     from gateway.cap import validate_cap
 
-    body, headers = channel.build_request(message(fmt="cap"), datetime.now(UTC))
-    assert headers["Content-Type"] == "application/cap+xml"
-    assert validate_cap(body) == []
-    assert headers["webhook-signature"].startswith("v1,")
+    msg = message(fmt="cap")
+    body, headers = channel.build_request(msg, datetime.now(UTC))
+    assert headers["Content-Type"] == "application/json"
+    # The stock library's default call verifies and parses the JSON envelope.
+    payload = Webhook(SECRET).verify(body, headers)
+    assert payload["type"] == "warning.alert"
+    assert payload["data"]["format"] == "cap"
+    assert payload["data"]["delivery_id"] == msg.delivery_id
+    assert validate_cap(payload["data"]["cap"].encode()) == []
 
 
 async def test_invalid_url_is_permanent(channel: WebhookChannel) -> None:

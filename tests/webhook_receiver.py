@@ -83,7 +83,7 @@ def _build_app(args: argparse.Namespace) -> web.Application:
         headers = dict(request.headers)
         error: str | None = None
         try:
-            webhook.verify(raw, headers, json_parse=False)  # CAP bodies are XML
+            webhook.verify(raw, headers)  # the stock default call: verifies, parses JSON
         except (WebhookVerificationError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         down = args.down_until is not None and not await asyncio.to_thread(

@@ -106,6 +106,8 @@ class Notice:
     contact_phone: str | None = None
     area_description: str | None = None
     document: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    referenced_sent_at: str | None = None
+    """The sent_at of the warning an update or cancel replaces (CAP's `<references>`)."""
 
     @property
     def colour(self) -> str:
@@ -113,8 +115,11 @@ class Notice:
         return LEVEL_COLOURS[self.level]
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> Notice:
-        """From a stored warning (the JSON of `gateway.model.Warning`)."""
+    def from_document(
+        cls, doc: Mapping[str, Any], *, referenced_sent_at: str | None = None
+    ) -> Notice:
+        """From a stored warning (the JSON of `gateway.model.Warning`) and, for an update or
+        cancel, the sent_at of the warning it references."""
         return cls(
             id=doc["id"],
             msg_type=doc.get("msg_type", "alert"),
@@ -129,6 +134,7 @@ class Notice:
             contact_phone=doc.get("contact_phone"),
             area_description=(doc.get("area") or {}).get("description"),
             document=doc,
+            referenced_sent_at=referenced_sent_at,
         )
 
 

@@ -96,7 +96,10 @@ def message_id(delivery_id: str) -> str:
 
 
 def subject(notice: Notice) -> str:
-    """`【红色预警】title`: level colour first, as command centres triage by it."""
+    """`【红色预警】title` for an alert: level colour first, as command centres triage by it.
+    An update or cancel says so first (art. 18): `【更新】红色预警 title`, `【解除】…`."""
+    if notice.msg_type in ("update", "cancel"):
+        return f"【{MSG_TYPE_NAMES[notice.msg_type]}】{notice.colour}预警 {notice.title}"
     return f"【{notice.colour}预警】{notice.title}"
 
 

@@ -2,11 +2,13 @@
 
 One JSON POST per delivery to `endpoint.target`, body
 `{"type": "warning.<msg_type>", "timestamp": ISO-8601 UTC, "data": <the warning document plus
-"colour" and "delivery_id">}` in UTF-8, with the headers a stock `standardwebhooks` verifier
-expects: `webhook-id` (the delivery id, the same on every retry so partners can drop duplicates),
-`webhook-timestamp` (integer UTC seconds) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
-"id.timestamp.body">`, one per secret when `endpoint.secret` holds several space-separated
-`whsec_` secrets during a key rotation).
+"colour" and "delivery_id">}` in UTF-8; `format: cap` partners get the same JSON shape with
+`"data": {"format": "cap", "cap": <the CAP 1.2 XML as a string>, "delivery_id"}`, so the stock
+verifier's default call (it parses the body as JSON) succeeds for them too. The headers are
+the ones a stock `standardwebhooks` verifier expects: `webhook-id` (the delivery id, the same on
+every retry so partners can drop duplicates), `webhook-timestamp` (integer UTC seconds) and
+`webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one per secret when
+`endpoint.secret` holds several space-separated `whsec_` secrets during a key rotation).
 
 Answers map onto the channel contract: 2xx delivered; 410 `EndpointGone`; 408, 425, 429 (with
 `Retry-After`), 5xx, timeouts and connection errors `TransientDeliveryError`; any other answer
@@ -97,9 +99,6 @@ def sign(keys: Sequence[bytes], webhook_id: str, timestamp: int, body: bytes) ->
     )
 
 
-CAP_CONTENT_TYPE = "application/cap+xml"
-
-
 class WebhookChannel(Channel):
     """Signed JSON webhooks; one aiohttp session for the channel's lifetime (`async with`)."""
 
@@ -117,6 +116,7 @@ class WebhookChannel(Channel):
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._data_heads: PerWarning[bytes] = PerWarning(BODY_CACHE)
+        self._caps: PerWarning[bytes] = PerWarning(BODY_CACHE)
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -147,14 +147,12 @@ class WebhookChannel(Channel):
         keys = signing_keys(endpoint.secret, endpoint.id)
         notice = message.notice
         if endpoint.format == "cap":
-            body = document_to_cap(notice.document, sender=self.cap_sender)
-            content_type = CAP_CONTENT_TYPE
+            body = self._cap_body(notice, message.delivery_id, now)
         else:
             body = self._json_body(notice, message.delivery_id, now)
-            content_type = "application/json"
         timestamp = math.floor(now.timestamp())
         headers = {
-            "Content-Type": content_type,
+            "Content-Type": "application/json",
             "User-Agent": self.user_agent,
             "Idempotency-Key": message.delivery_id,
             "webhook-id": message.delivery_id,
@@ -167,16 +165,26 @@ class WebhookChannel(Channel):
         """`{"type", "timestamp", "data": {**document, "colour", "delivery_id"}}` as compact
         UTF-8 JSON; the document part is encoded once per warning, not once per partner."""
         head = self._data_heads.get(notice, _data_head)
+        return self._envelope(notice, now, head + _JSON.encode(delivery_id).encode() + b"}")
+
+    def _cap_body(self, notice: Notice, delivery_id: str, now: datetime) -> bytes:
+        """`{"type", "timestamp", "data": {"format": "cap", "cap": <CAP 1.2 XML>,
+        "delivery_id"}}`: the CAP message inside the Standard Webhooks JSON payload shape, so a
+        stock verifier's default call (which parses the body as JSON) accepts it."""
+        xml = self._caps.get(notice, self._render_cap).decode()
+        data = {"format": "cap", "cap": xml, "delivery_id": delivery_id}
+        return self._envelope(notice, now, _JSON.encode(data).encode())
+
+    def _render_cap(self, notice: Notice) -> bytes:
+        return document_to_cap(
+            notice.document, sender=self.cap_sender, referenced_sent_at=notice.referenced_sent_at
+        )
+
+    @staticmethod
+    def _envelope(notice: Notice, now: datetime, data: bytes) -> bytes:
         kind = _JSON.encode(f"warning.{notice.msg_type}")
         stamp = _JSON.encode(now.astimezone(UTC).isoformat())
-        return b"".join(
-            (
-                f'{{"type":{kind},"timestamp":{stamp},"data":'.encode(),
-                head,
-                _JSON.encode(delivery_id).encode(),
-                b"}}",
-            )
-        )
+        return b"".join((f'{{"type":{kind},"timestamp":{stamp},"data":'.encode(), data, b"}"))
 
     async def send(self, message: Message) -> Outcome:
         """POST the signed notice; see the module docstring for how answers map to errors."""
