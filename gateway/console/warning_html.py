@@ -183,6 +183,16 @@ def reached(t: Mapping[str, Any]) -> str:
     return f"{what} {local_time(t['covered_at'])}"
 
 
+def cell_label(t: Mapping[str, Any]) -> str:
+    """The cell's state in words, with the marks its colour does not show."""
+    words = [CELL_NAMES[t["cell"]]]
+    if t["blind_spot"] and t["cell"] != "blind":
+        words.append("盲区")
+    if t.get("escalated_at") and t["cell"] != "escalated":
+        words.append("已上报")
+    return " · ".join(words)
+
+
 def coverage(p: Mapping[str, Any]) -> str:
     c = p["coverage"]["counts"]
     districts = []
@@ -191,8 +201,7 @@ def coverage(p: Mapping[str, Any]) -> str:
             f'<li class="cell cell-{e(t["cell"])}" data-township="{e(t["township"])}" '
             f'data-state="{e(t["cell"])}"><span class="tn">{e(t["name"])}</span>'
             f'<span class="tc">{e(t["township"])}</span>'
-            f'<span class="ts">{e(CELL_NAMES[t["cell"]])}'
-            f"{' · 已上报' if t.get('escalated_at') and t['cell'] == 'covered' else ''}</span>"
+            f'<span class="ts">{e(cell_label(t))}</span>'
             f'<span class="tw">{e(reached(t))}</span></li>'
             for t in d["rows"]
         )
