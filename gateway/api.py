@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -36,12 +36,13 @@ from gateway.exceptions import (
 )
 from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
 from gateway.ingest import Ingest, utc_now
+from gateway.ledger import LedgerEntry
 from gateway.masking import mask
 from gateway.metrics import Metrics
 from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
 from gateway.release_list import ReleaseList
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord
+from gateway.store.base import DeliveryRecord, StoredWarning
 from gateway.townships import Registry
 
 log = logging.getLogger("gateway.api")
@@ -206,29 +207,38 @@ async def get_warning(request: web.Request) -> web.Response:
         )
         return web.Response(body=xml, content_type=CAP_TYPE, charset="utf-8")
     counts = await request.app[STORE].delivery_counts(wid)
-    status = stored.state
-    if status == "active" and utc_now() >= stored.expires_at:
-        status = "expired"
+    return read_response(warning_summary(stored, counts, utc_now()))
+
+
+def warning_state(stored: StoredWarning, now: datetime) -> str:
+    """`active`, `superseded`, `cancelled` or `expired` (an active one past its expiry)."""
+    if stored.state == "active" and now >= stored.expires_at:
+        return "expired"
+    return stored.state
+
+
+def warning_summary(
+    stored: StoredWarning, counts: list[tuple[str | None, str, str, int]], now: datetime
+) -> dict[str, Any]:
+    """The GET /v1/warnings/{id} answer (unmasked) from the warning and its delivery counts."""
     w = stored.warning
-    return read_response(
-        {
-            "id": stored.id,
-            "status": status,
-            "received_at": stored.received_at.isoformat(),
-            "expires_at": w["expires_at"],
-            "msg_type": w.get("msg_type", "alert"),
-            "hazard": w["hazard"],
-            "level": w["level"],
-            "authorization": stored.authorization,
-            "deliveries": sum(n for purpose, _, _, n in counts if not purpose),
-            "channels": channel_counts(counts, lambda p: not p),
-            "escalations": channel_counts(counts, lambda p: (p or "").startswith("escalation")),
-            "clears": channel_counts(counts, lambda p: p == "clear"),
-            "expiry_notices": channel_counts(counts, lambda p: p == "expired"),
-            "blind_spots": stored.answer.get("blind_spots", []),
-            "warning": w,
-        }
-    )
+    return {
+        "id": stored.id,
+        "status": warning_state(stored, now),
+        "received_at": stored.received_at.isoformat(),
+        "expires_at": w["expires_at"],
+        "msg_type": w.get("msg_type", "alert"),
+        "hazard": w["hazard"],
+        "level": w["level"],
+        "authorization": stored.authorization,
+        "deliveries": sum(n for purpose, _, _, n in counts if not purpose),
+        "channels": channel_counts(counts, lambda p: not p),
+        "escalations": channel_counts(counts, lambda p: (p or "").startswith("escalation")),
+        "clears": channel_counts(counts, lambda p: p == "clear"),
+        "expiry_notices": channel_counts(counts, lambda p: p == "expired"),
+        "blind_spots": stored.answer.get("blind_spots", []),
+        "warning": w,
+    }
 
 
 def channel_counts(
@@ -312,6 +322,12 @@ async def get_receipts(request: web.Request) -> web.Response:
     entries = await request.app[STORE].entries_for(wid)
     if not entries:
         raise NotFound(f"no ledger entries for {wid}")
+    return read_response(receipts_timeline(wid, entries))
+
+
+def receipts_timeline(wid: str, entries: Sequence[LedgerEntry]) -> dict[str, Any]:
+    """The GET /v1/warnings/{id}/receipts answer (unmasked): each entry with the milliseconds
+    since the first, and when each stage was first reached; `entries` is not empty."""
     start = datetime.fromisoformat(entries[0].at)
     out: list[dict[str, Any]] = []
     for e in entries:
@@ -321,7 +337,7 @@ async def get_receipts(request: web.Request) -> web.Response:
     stages: dict[str, float] = {}
     for item in out:
         stages.setdefault(item["stage"], item["elapsed_ms"])
-    return read_response({"warning_id": wid, "entries": out, "stage_elapsed_ms": stages})
+    return {"warning_id": wid, "entries": out, "stage_elapsed_ms": stages}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -341,8 +357,21 @@ async def metrics(request: web.Request) -> web.Response:
     if not request.app[PUBLIC_METRICS]:
         client = request.app[AUTH].authenticate(request.headers.get("Authorization"))
         client.require(Scope.READ)
+    await refresh_metrics(request.app)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def refresh_metrics(app: web.Application) -> None:
+    """The gauges read at scrape time: coverage share of the active warnings, queue depths."""
+    store, now = app[STORE], utc_now()
+    coverage = []
+    for w in await store.active_warnings():
+        if w.expires_at > now:
+            rows = await store.coverage_for(w.id)
+            covered = sum(r.covered_at is not None for r in rows)
+            coverage.append((int(w.warning["level"]), len(rows), covered))
+    app[METRICS].refresh(coverage, app[DISPATCHER].queued())
 
 
 def openapi_document() -> dict[str, Any]:

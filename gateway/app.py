@@ -30,6 +30,7 @@ from gateway.channels.base import Channel
 from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
+from gateway.console import add_console
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
@@ -80,11 +81,16 @@ def build_app(
     app[REGISTRY] = registry
     app[RELEASE_LIST] = release_list
     app[BOOK] = book
+    hub = add_console(app, clock)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings.store_url))
             app[STORE] = store
+            store.on_commit(hub.publish_entries)
+            store.on_commit(app[METRICS].observe)
+            for w in await store.active_warnings():
+                app[METRICS].track(w.id, w.received_at)
             desk = ReceiptDesk(store, clock, book, registry)
             app[RECEIPTS] = desk
             built = channels if channels is not None else build_channels(settings, book, desk.sink)

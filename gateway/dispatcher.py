@@ -280,6 +280,10 @@ class Dispatcher:
                 task.cancel()
         await asyncio.gather(*halted)
 
+    def queued(self) -> dict[str, int]:
+        """Deliveries waiting in each channel's queue for a worker."""
+        return {name: queue.qsize() for name, queue in self._queues.items()}
+
     def retired(self, warning_id: str) -> bool:
         """Whether `warning_id` was stopped (superseded, cancelled, expired) lately."""
         return warning_id in self._retired

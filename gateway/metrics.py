@@ -1,10 +1,27 @@
-"""Prometheus metrics, one registry per application so several apps can live in one process."""
+"""Prometheus metrics, one registry per application so several apps can live in one process.
+
+Delivery figures come from the ledger entries of each committed transaction (`observe`, a
+store commit listener): a counter step per entry, no query. Coverage share and queue depth are
+read when /metrics is scraped (`refresh`), not per delivery.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.ledger import LedgerDraft, Stage
+from gateway.policies.routing import delivery_id
+
+DELIVERY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+"""Seconds from a warning's receipt (its 202) to a delivery: seconds matter, an hour is late."""
+TRACKED_WARNINGS = 10_000
+"""Receipt times kept to time deliveries; the oldest are forgotten first."""
+_OUTCOMES = {Stage.SENT: "sent", Stage.DELIVERED: "delivered", Stage.FAILED: "failed"}
+_RETIRED = {Stage.SUPERSEDED, Stage.CANCELLED, Stage.EXPIRED}
 
 
 @dataclass
@@ -30,3 +47,70 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Send outcomes committed: sent (awaiting a receipt), delivered, failed (dead letter)",
+            ["channel", "state"],
+            registry=self.registry,
+        )
+        self.delivery_seconds = Histogram(
+            "gateway_delivery_seconds",
+            "Seconds from a warning's receipt (202) to the delivery of each of its messages",
+            ["channel"],
+            registry=self.registry,
+            buckets=DELIVERY_BUCKETS,
+        )
+        self.coverage_share = Gauge(
+            "gateway_coverage_share",
+            "Share of the townships of active warnings that were reached, by level",
+            ["level"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Deliveries queued for a worker, by channel",
+            ["channel"],
+            registry=self.registry,
+        )
+        self._received: dict[str, datetime] = {}
+
+    def track(self, warning_id: str, received_at: datetime) -> None:
+        """Time the deliveries of `warning_id` from `received_at` (warnings already active at
+        start; new ones are tracked from their `received` entry)."""
+        self._received[warning_id] = received_at
+        if len(self._received) > TRACKED_WARNINGS:
+            del self._received[next(iter(self._received))]
+
+    def observe(self, entries: Sequence[LedgerDraft]) -> None:
+        """A store commit listener: count the send outcomes among `entries`."""
+        for e in entries:
+            state = _OUTCOMES.get(e.stage)
+            if state is not None:
+                channel = str(e.data.get("channel", ""))
+                self.deliveries.labels(channel, state).inc()
+                received = self._received.get(e.warning_id)
+                if state == "delivered" and received is not None and _own(e):
+                    seconds = (e.at - received).total_seconds()
+                    self.delivery_seconds.labels(channel).observe(max(0.0, seconds))
+            elif e.stage == Stage.RECEIVED:
+                self.track(e.warning_id, e.at)
+            elif e.stage in _RETIRED:
+                self._received.pop(e.warning_id, None)
+
+    def refresh(self, coverage: Iterable[tuple[int, int, int]], queued: Mapping[str, int]) -> None:
+        """Before a scrape: (level, townships, covered) per active warning; queue depths."""
+        totals: dict[int, list[int]] = {}
+        for level, townships, covered in coverage:
+            t = totals.setdefault(level, [0, 0])
+            t[0] += townships
+            t[1] += covered
+        self.coverage_share.clear()
+        for level, (townships, covered) in sorted(totals.items()):
+            self.coverage_share.labels(str(level)).set(covered / townships if townships else 1.0)
+        for channel, n in queued.items():
+            self.queue_depth.labels(channel).set(n)
+
+
+def _own(e: LedgerDraft) -> bool:
+    """Whether the entry is about the warning's own message (not an escalation or a clear)."""
+    return e.data.get("delivery_id") == delivery_id(e.warning_id, str(e.data.get("endpoint")))

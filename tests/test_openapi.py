@@ -20,6 +20,8 @@ def test_openapi_lists_exactly_the_served_routes(settings: Settings) -> None:
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
+        if path is None and "prefix" in info:  # a static directory
+            path = info["prefix"] + "/{filename}"
         served.add((route.method.lower(), re.sub(r"\{(\w+)[^}]*\}", r"{\1}", str(path))))
     doc = openapi_document()
     documented = {

@@ -3,7 +3,7 @@ dissemination aggregates that GET /v1/stats reads (`StatsFigures`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -194,6 +194,10 @@ class StatsFigures:
     warnings: list[WarningTally]
 
 
+CommitListener = Callable[[Sequence[LedgerDraft]], None]
+"""Told of the ledger entries of each transaction once it has committed (in commit order)."""
+
+
 class Store(Protocol):
     """Durable state. Every write is durable when its coroutine returns.
 
@@ -267,6 +271,13 @@ class Store(Protocol):
 
     async def caught_up(self) -> None:
         """Return once the queued writes are down to a batch or so."""
+        ...
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with the ledger entries of every transaction that commits from now
+        on, after it is durable (so what a listener reads back is there); it must not block
+        and what it raises is logged. Every write holds ledger entries, so the entries tell
+        which warnings changed and how (the console's live updates, operators' metrics)."""
         ...
 
     async def escalate(

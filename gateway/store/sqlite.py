@@ -39,6 +39,7 @@ from gateway.ledger import (
 )
 from gateway.store import sqlite_stats, sqlite_stats_read
 from gateway.store.base import (
+    CommitListener,
     Cover,
     CoverageRow,
     DeliveryRecord,
@@ -175,6 +176,7 @@ class SqliteStore:
         self._r: aiosqlite.Connection | None = None
         self._seq = 0
         self._hash = GENESIS
+        self._listeners: list[CommitListener] = []
 
     async def __aenter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +282,16 @@ class SqliteStore:
 
     def lagging(self) -> bool:
         return self._queue.qsize() > MAX_BACKLOG
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, committed: list[LedgerDraft]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(committed)
+            except Exception:  # an observer must never fail the writer
+                log.exception("a commit listener failed")
 
     async def caught_up(self) -> None:
         while self._queue.qsize() > MAX_BACKLOG // 2:
@@ -405,6 +417,7 @@ class SqliteStore:
         results = [rows.add(w, known) for w in batch]
         seq, prev = self._seq, self._hash
         tally = sqlite_stats.LedgerTally()
+        committed: list[LedgerDraft] = []
         for draft, data in (
             pair
             for w, r in zip(batch, results, strict=True)
@@ -417,10 +430,13 @@ class SqliteStore:
             digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
             rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
             tally.add(draft)
+            committed.append(draft)
             prev = digest
         statements = [*rows.statements(), *tally.statements()]
         await self._in_thread(functools.partial(self._execute, statements))
         self._seq, self._hash = seq, prev
+        if committed:
+            self._notify(committed)
         return results
 
     def _known(self, ids: list[str]) -> dict[str, StoredWarning]:
