@@ -29,35 +29,33 @@ Clock = Callable[[], datetime]
 
 def clear_deliveries(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
     """One `clear` delivery per MQTT endpoint the warning was (or may have been) published to."""
-    return [
-        DeliveryRecord(
-            id=f"{warning_id}/clear/{d.endpoint_id}",
-            warning_id=warning_id,
-            endpoint_id=d.endpoint_id,
-            channel=d.channel,
-            level=d.level,
-            purpose=CLEAR,
-        )
-        for d in deliveries
-        if d.channel == "mqtt" and d.purpose is None and d.state != DeliveryState.FAILED
-    ]
+    reached = [d for d in deliveries if d.channel == "mqtt" and d.state != DeliveryState.FAILED]
+    return _after_end(warning_id, reached, CLEAR)
 
 
 def expiry_notices(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
     """One `warning.expired` webhook per partner that got the warning (design.md)."""
+    got = (DeliveryState.DELIVERED, DeliveryState.SENT)
+    reached = [d for d in deliveries if d.channel == "webhook" and d.state in got]
+    return _after_end(warning_id, reached, EXPIRED)
+
+
+def _after_end(
+    warning_id: str, deliveries: Sequence[DeliveryRecord], purpose: str
+) -> list[DeliveryRecord]:
+    """A `purpose` delivery (id `{warning}/{purpose}/{endpoint}`) to the endpoint of each of the
+    warning's own `deliveries`."""
     return [
         DeliveryRecord(
-            id=f"{warning_id}/expired/{d.endpoint_id}",
+            id=f"{warning_id}/{purpose}/{d.endpoint_id}",
             warning_id=warning_id,
             endpoint_id=d.endpoint_id,
             channel=d.channel,
             level=d.level,
-            purpose=EXPIRED,
+            purpose=purpose,
         )
         for d in deliveries
-        if d.channel == "webhook"
-        and d.purpose is None
-        and d.state in (DeliveryState.DELIVERED, DeliveryState.SENT)
+        if d.purpose is None
     ]
 
 
