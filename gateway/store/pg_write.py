@@ -1,0 +1,179 @@
+"""One group commit of the PostgreSQL store: a batch of writes as one transaction that extends
+the one hash chain of every process sharing the database.
+
+The chain is serialised by the database, not by a process: a batch first locks the one row of
+`ledger_head` (SELECT ... FOR UPDATE), so batches of all processes commit one at a time; it
+numbers its entries from that row's seq and chains them from its hash, and moves the row to
+its last entry before it commits. The same lock makes `accept`'s "is this id taken" check
+exact across processes. A batch without a warning or an entry does not lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from gateway.exceptions import FieldError, Unstorable
+from gateway.ledger import entry_hash, timestamp
+from gateway.store.base import StoredWarning
+from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
+from gateway.store.rows import Rows, Write, ledger_data
+from gateway.store.sqlite_stats import LedgerTally
+
+_UNFINISHED = "WHERE id = %s AND state IN ('pending', 'sent')"
+_SQL: dict[str, str] = {
+    "warnings": (
+        "INSERT INTO warnings (id, body_hash, warning, answer, state, received_at, expires_at,"
+        " auth) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    ),
+    "stats_warnings": (
+        "INSERT INTO stats_warning (warning_id, received_at, received_us, level, hazard,"
+        " msg_type, districts) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    ),
+    "stats_districts": (
+        "INSERT INTO stats_district (warning_id, district, received_at) VALUES (%s, %s, %s)"
+    ),
+    "deliveries": (
+        "INSERT INTO deliveries (id, warning_id, endpoint_id, channel, level, state, attempts,"
+        " detail, purpose) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    ),
+    "coverage": "INSERT INTO coverage (warning_id, township, blind_spot) VALUES (%s, %s, %s)",
+    "covers": (
+        "UPDATE coverage SET covered_at = %s, covered_by = %s "
+        "WHERE warning_id = %s AND township = %s AND covered_at IS NULL"
+    ),
+    "escalated": (
+        "UPDATE coverage SET escalated_at = %s "
+        "WHERE warning_id = %s AND township = %s AND escalated_at IS NULL"
+    ),
+    "updates": f"UPDATE deliveries SET state = %s, attempts = %s, detail = %s {_UNFINISHED}",
+    # A final delivery keeps its state; its receipt record still takes the report.
+    "receipts": (
+        "UPDATE deliveries SET state = CASE WHEN state IN ('pending', 'sent') THEN %s "
+        "ELSE state END, receipt = %s WHERE id = %s"
+    ),
+    "retired": "UPDATE warnings SET state = %s WHERE id = %s AND state = 'active'",
+    "stopped": (
+        "UPDATE deliveries SET state = 'stopped' WHERE warning_id = %s "
+        "AND state = 'pending' AND coalesce(purpose, '') NOT IN ('clear', 'expired')"
+    ),
+    "ledger": "INSERT INTO ledger VALUES (%s, %s, %s, %s, %s, %s, %s)",
+}
+_ORDER = (
+    *("warnings", "stats_warnings", "stats_districts", "deliveries", "coverage", "covers"),
+    *("escalated", "updates", "receipts", "retired", "stopped", "ledger"),
+)
+UPSERT_DELIVERY = """
+INSERT INTO stats_delivery AS s (id, warning_id, channel, tries, ended_us, reached_us)
+SELECT d.id, d.warning_id, d.channel, %s::INTEGER,
+    CASE WHEN d.state IN ('delivered', 'failed') THEN %s::BIGINT END,
+    CASE WHEN d.state = 'delivered' THEN %s::BIGINT END
+FROM deliveries AS d WHERE d.id = %s AND stats_planned(d.id, d.purpose)
+ON CONFLICT (id) DO UPDATE SET tries = s.tries + excluded.tries,
+    ended_us = coalesce(s.ended_us, excluded.ended_us),
+    reached_us = coalesce(s.reached_us, excluded.reached_us)
+"""
+ESCALATED_WARNING = "UPDATE stats_warning SET escalations = escalations + 1 WHERE warning_id = %s"
+ESCALATED_DISTRICT = (
+    "UPDATE stats_district SET escalations = escalations + 1 "
+    "WHERE warning_id = %s AND district = %s"
+)
+
+
+@dataclass
+class Attempt:
+    """One try of a batch: its results and where it leaves the chain; `committing` once the
+    COMMIT was sent (a failure after that leaves it unknown whether the batch landed)."""
+
+    results: list[tuple[StoredWarning, bool] | None] = field(default_factory=list)
+    seq: int = 0
+    hash: str = ""
+    entries: int = 0
+    committing: bool = False
+
+
+def check_text(w: Write) -> None:
+    """Unstorable for a text PostgreSQL refuses that SQLite takes: a NUL character (JSON texts
+    escape it; plain columns would fail the batch)."""
+    assert w.rows is not None
+    heads = [(d.warning_id, d.stage.value) for d in w.entries]
+    tables: list[tuple[str, Sequence[Sequence[object]]]] = [*w.rows.tables(), ("ledger", heads)]
+    for table, rows in tables:
+        for row in rows:
+            for i, value in enumerate(row):
+                if isinstance(value, str) and "\x00" in value:
+                    reason = "holds a NUL character"
+                    raise Unstorable(
+                        f"cannot store a {table} row: {reason}",
+                        errors=[FieldError(f"{table}[{i}]", reason)],
+                    )
+
+
+def statements(rows: Rows, tally: LedgerTally) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+    """The batch's statements in the SQLite store's order; aggregates of entries last."""
+    out: list[tuple[str, Sequence[Sequence[Any]]]] = [
+        (_SQL[name], getattr(rows, name)) for name in _ORDER
+    ]
+    out += [
+        (UPSERT_DELIVERY, [(*r[1:], r[0]) for r in tally.delivery_rows()]),
+        (ESCALATED_WARNING, tally.escalated),
+        (ESCALATED_DISTRICT, tally.escalated_districts),
+    ]
+    return [(sql, params) for sql, params in out if params]
+
+
+async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attempt) -> None:
+    """Write `batch` as one transaction on `conn` (in autocommit mode), filling `attempt`."""
+    ids = [w.warning.id for w in batch if w.warning is not None]
+    chained = bool(ids) or any(w.entries for w in batch)
+    async with conn.transaction():
+        cur = conn.cursor()
+        seq, prev = 0, ""
+        if chained:
+            await cur.execute("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE")
+            head = await cur.fetchone()
+            assert head is not None, "ledger_head is missing its row"
+            seq, prev = int(head[0]), str(head[1])
+        known: dict[str, StoredWarning] = {}
+        if ids:
+            await cur.execute(
+                f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id = ANY(%s)", (list(set(ids)),)
+            )
+            known = {row[0]: to_warning(row) for row in await cur.fetchall()}
+        rows = Rows()
+        attempt.results = [rows.add(w, known) for w in batch]
+        tally = LedgerTally()
+        for draft, data in (
+            pair
+            for w, r in zip(batch, attempt.results, strict=True)
+            if r is None or r[1]
+            for pair in zip(w.entries, ledger_data(w), strict=True)
+        ):
+            seq += 1
+            at = timestamp(draft.at)
+            stage = draft.stage.value
+            digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
+            rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
+            tally.add(draft)
+            prev = digest
+        for sql, params in statements(rows, tally):
+            await cur.executemany(sql, params)
+        if rows.ledger:
+            await cur.execute(
+                "UPDATE ledger_head SET seq = %s, hash = %s WHERE id = 1", (seq, prev)
+            )
+        attempt.seq, attempt.hash, attempt.entries = seq, prev, len(rows.ledger)
+        attempt.committing = True
+
+
+async def landed(conn: AsyncConnection[Any], attempt: Attempt) -> bool:
+    """Whether a batch whose COMMIT went unanswered committed: its last entry is in the chain
+    (the hash covers everything before it, so no other batch can have written that row)."""
+    if not attempt.entries:
+        return False
+    cur = await conn.execute("SELECT hash FROM ledger WHERE seq = %s", (attempt.seq,))
+    row = await cur.fetchone()
+    return row is not None and row[0] == attempt.hash
