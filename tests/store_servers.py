@@ -30,7 +30,9 @@ _names = itertools.count(1)
 
 def pg_bin() -> Path:
     """The newest installed PostgreSQL's bin directory."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     assert found, "PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)"
     return Path(found[-1]).parent
 
