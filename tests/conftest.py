@@ -17,8 +17,8 @@ from gateway.config import REPO_CONFIG, Settings, load_settings
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, token_env
 from tests.mqtt_broker import mosquitto_fixture
 from tests.sms_provider import sms_provider
-from tests.store_servers import own_pg_cluster, pg_cluster, pg_url
 from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
+from tests.store_servers import own_pg_cluster, pg_cluster, pg_url
 from tests.webhook_receiver import fixture_webhook_receivers
 
 # Real servers, each in its own process on a free loopback port (see their modules).

@@ -59,6 +59,9 @@ CONNECT_TIMEOUT_S = 5
 """For one new connection, and for the pool to open."""
 POOL_TIMEOUT_S = 2.0
 """How long a caller waits for a pooled connection before the store counts as unavailable."""
+RECONNECT_S = 2.0
+"""How long the pool retries a lost connection (with its backoff) before the next caller's
+demand starts afresh: a short bound keeps the backoff from outgrowing an outage."""
 LEDGER_PAGE = 1000
 
 
@@ -79,6 +82,7 @@ def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:
         max_size=size,
         open=False,
         timeout=POOL_TIMEOUT_S,
+        reconnect_timeout=RECONNECT_S,
         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         check=AsyncConnectionPool.check_connection,
         name="gateway-store",
