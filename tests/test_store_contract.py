@@ -81,6 +81,28 @@ async def test_a_final_state_is_never_overwritten(store: Store) -> None:
     assert sorted(counts) == [(None, "sms", "delivered", 1), (None, "sms", "pending", 2)]
 
 
+async def test_writes_queued_together_apply_in_order(store: Store) -> None:
+    """Outcomes of one delivery and covers of one township that share a group commit."""
+    ds = [delivery("w", n) for n in range(3)]
+    await store.accept(stored("w"), [], ds, [CoverageRow("w", T1)])
+    later = NOW + timedelta(seconds=1)
+    for state in ("sent", "delivered", "failed"):
+        store.record_soon([DeliveryUpdate(ds[0].id, state, 1, {"s": state})], [])
+    for state in ("sent", "sent"):
+        store.record_soon([DeliveryUpdate(ds[1].id, state, 2, {"s": state})], [])
+    store.record_soon([], [], [Cover("w", T1, NOW, {"n": 1})])
+    store.record_soon([], [], [Cover("w", T1, later, {"n": 2})])
+    await store.record([DeliveryUpdate(ds[2].id, "failed", 1)], [])  # after them all
+    got = {d.id: (d.state, d.detail) for d in await store.deliveries_for("w")}
+    assert got == {
+        ds[0].id: ("delivered", {"s": "delivered"}),
+        ds[1].id: ("sent", {"s": "sent"}),
+        ds[2].id: ("failed", {}),
+    }
+    (row,) = await store.coverage_for("w")
+    assert row.covered_by == {"n": 1}
+
+
 async def test_a_receipt_of_a_final_delivery_is_kept_without_changing_its_state(
     store: Store,
 ) -> None:
