@@ -221,6 +221,10 @@ async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attem
             tally.add(draft)
             prev = digest
         async with conn.pipeline():  # one round trip for the batch's statements
+            # Every statement of a batch looks rows up by key; the planner cannot see into
+            # unnest, and the statistics of a table a fan-out has just filled are stale, so it
+            # would scan a whole table per batch.
+            await cur.execute("SET LOCAL enable_seqscan = off")
             for sql, params in statements(rows, tally):
                 if sql in _BULK_SQL:
                     await cur.execute(sql, [list(col) for col in zip(*params, strict=True)])
