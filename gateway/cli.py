@@ -25,9 +25,9 @@ from gateway.app import build_app
 from gateway.clients import token_env, warn_tokenless
 from gateway.config import load_settings
 from gateway.coverage import coverage_deadline, coverage_report
-from gateway.exceptions import ConfigError, LedgerCorrupt
+from gateway.exceptions import ConfigError, LedgerCorrupt, StoreUnavailable
 from gateway.ledger import verify
-from gateway.store import open_store
+from gateway.store import is_postgres, open_store
 from gateway.townships import Registry
 
 log = logging.getLogger("gateway")
@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     lverify = lsub.add_parser("verify", help="check the ledger's hash chain")
     lverify.add_argument("--config", type=Path)
 
+    db = sub.add_parser("db", help="store tools")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    dupgrade = dsub.add_parser("upgrade", help="create or migrate the store's schema")
+    dupgrade.add_argument("--config", type=Path)
+
     partners = sub.add_parser("partners", help="media partner tools")
     psub = partners.add_subparsers(dest="partners_command", required=True)
     penable = psub.add_parser("enable", help="lift a partner's disable (after its HTTP 410)")
@@ -95,10 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_coverage(args))
         if args.command == "partners":
             return asyncio.run(_partners_enable(args))
+        if args.command == "db":
+            return asyncio.run(_db_upgrade(args))
         return asyncio.run(_ledger_verify(args))
     except ConfigError as exc:
         print(f"gateway: config error: {exc.file}: {exc.key}: {exc.reason}", file=sys.stderr)
         return EXIT_CONFIG
+    except StoreUnavailable as exc:
+        print(f"gateway: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # `gateway coverage ID | head`: the reader has enough
         sys.stderr.close()
         return 0
@@ -162,6 +172,24 @@ async def _ledger_verify(args: argparse.Namespace) -> int:
             print(f"ledger broken at entry {exc.seq}: {exc.reason}", file=sys.stderr)
             return EXIT_FAILED
     print(f"ledger ok: {count} entries verified")
+    return 0
+
+
+async def _db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the schema; a no-op on a database that is up to date."""
+    settings = load_settings(args.config)
+    if not is_postgres(settings.store_url):
+        async with open_store(settings.store_url):  # SQLite creates its schema on open
+            pass
+        print("sqlite store: schema is created and migrated when the store opens; nothing to do")
+        return 0
+    from gateway.store.pg_schema import upgrade_url
+
+    applied, latest = await upgrade_url(settings.store_url)
+    if applied:
+        print(f"schema upgraded to version {latest} (applied {', '.join(map(str, applied))})")
+    else:
+        print(f"schema already at version {latest}; nothing to do")
     return 0
 
 

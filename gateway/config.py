@@ -248,12 +248,36 @@ def parse_listen(value: str, source: str, key: str) -> tuple[str, int]:
 
 
 def check_store_url(value: str, source: str, key: str) -> str:
-    """Accepts `sqlite:///relative.db` and `sqlite:////absolute.db`."""
+    """Accepts `sqlite:///relative.db`, `sqlite:////absolute.db` and
+    `postgresql://user[:password]@host[:port]/database`."""
+    if value.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.hostname and parts.path.strip("/") and "/" not in parts.path.strip("/"):
+            return value
+        raise ConfigError(
+            source, key, f"{_masked(value)!r}: expected postgresql://user@host:port/db"
+        )
     if not value.startswith("sqlite:///") or len(value) == len("sqlite:///"):
         raise ConfigError(
-            source, key, f"{value!r}: expected sqlite:///relative.db or sqlite:////absolute.db"
+            source,
+            key,
+            f"{value!r}: expected sqlite:///relative.db, sqlite:////absolute.db "
+            "or postgresql://user@host:port/db",
         )
     return value
+
+
+def _masked(url: str) -> str:
+    """`url` with a password in it replaced by ***."""
+    head, at, host = url.rpartition("@")
+    if not at or ":" not in head.partition("://")[2]:
+        return url
+    scheme, _, user = head.partition("://")
+    return f"{scheme}://{user.partition(':')[0]}:***@{host}"
 
 
 def check_url(value: str, scheme: str, source: str, key: str) -> str:

@@ -18,6 +18,7 @@ from tests.helpers import REPO_CONFIG_GATEWAY_YAML, token_env
 from tests.mqtt_broker import mosquitto_fixture
 from tests.sms_provider import sms_provider
 from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
+from tests.store_servers import own_pg_cluster, pg_cluster, pg_url
 from tests.webhook_receiver import fixture_webhook_receivers
 
 # Real servers, each in its own process on a free loopback port (see their modules).
@@ -26,6 +27,9 @@ __all__ = [
     "fixture_smtp_server_factory",
     "fixture_webhook_receivers",
     "mosquitto_fixture",
+    "own_pg_cluster",
+    "pg_cluster",
+    "pg_url",
     "sms_provider",
 ]
 

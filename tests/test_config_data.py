@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.clients import Authenticator, Client
-from gateway.config import REPO_CONFIG, load_settings
-from gateway.exceptions import Unauthenticated
+from gateway.config import REPO_CONFIG, check_store_url, load_settings
+from gateway.exceptions import ConfigError, Unauthenticated
 from gateway.release_list import Category, Government, ReleaseList
 from gateway.townships import Registry, normalise
 
@@ -127,3 +127,26 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert s.smtp_url == "smtp://127.0.0.1:2525"
     via_env = load_settings(None, {"GATEWAY_CONFIG": str(REPO_CONFIG)})
     assert via_env.config_dir == REPO_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        pytest.param("sqlite:///var/g.db", True, id="sqlite-relative"),
+        pytest.param("sqlite:////tmp/g.db", True, id="sqlite-absolute"),
+        pytest.param("postgresql://gw@127.0.0.1:5432/gateway", True, id="postgresql"),
+        pytest.param("postgresql://gw:pw@db.example.org/gateway", True, id="postgresql-password"),
+        pytest.param("postgresql://gw@127.0.0.1:5432/", False, id="postgresql-no-database"),
+        pytest.param("postgresql://gw@:5432/gateway", False, id="postgresql-no-host"),
+        pytest.param("postgresql://gw:pw@h:99999/gateway", False, id="postgresql-bad-port"),
+        pytest.param("mysql://gw@h/gateway", False, id="other-scheme"),
+        pytest.param("sqlite:///", False, id="sqlite-no-path"),
+    ],
+)
+def test_store_urls(url: str, ok: bool) -> None:
+    if ok:
+        assert check_store_url(url, "environment", "GATEWAY_STORE") == url
+        return
+    with pytest.raises(ConfigError) as info:
+        check_store_url(url, "environment", "GATEWAY_STORE")
+    assert "pw" not in info.value.reason  # a password is never echoed

@@ -1,4 +1,5 @@
-"""Durable storage behind one protocol; SQLite is the embedded default."""
+"""Durable storage behind one protocol; SQLite is the embedded default, PostgreSQL the store
+several processes share."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from gateway.store.base import Store, StoredWarning
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "Store", "StoredWarning", "open_store", "sqlite_path"]
+__all__ = ["SqliteStore", "Store", "StoredWarning", "is_postgres", "open_store", "sqlite_path"]
 
 
 def sqlite_path(url: str) -> Path:
@@ -15,6 +16,14 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(url: str) -> Store:
     """The store a validated URL names; enter it with `async with` before use."""
+    if is_postgres(url):
+        from gateway.store.postgres import PostgresStore  # psycopg only when it is used
+
+        return PostgresStore(url)
     return SqliteStore(sqlite_path(url))

@@ -166,7 +166,8 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
-        self._retry: list[Write] = []  # outcomes whose write failed, kept until they commit
+        # Outcomes whose write failed, kept (by identity) until they commit.
+        self._retry: dict[int, Write] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
         self._writer: asyncio.Task[None] | None = None
@@ -333,8 +334,8 @@ class SqliteStore:
                 batch.append(item)
             if self._retry and (loop.time() >= self._retry_at or stopping):
                 # Outcomes no one waits for, kept since their write failed: they go first.
-                batch = [*self._retry, *(w for w in batch if w not in self._retry)]
-                self._retry = []
+                batch = [*self._retry.values(), *(w for w in batch if id(w) not in self._retry)]
+                self._retry = {}
             if batch:
                 await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(
                     batch[0]
@@ -377,8 +378,7 @@ class SqliteStore:
         environmental = _environmental(exc)
         if w.done is None:
             if environmental:
-                if w not in self._retry:
-                    self._retry.append(w)
+                self._retry[id(w)] = w
                 self._backoff = (
                     min(RETRY_MAX_S, self._backoff * 2) if self._backoff else RETRY_MIN_S
                 )

@@ -1,0 +1,322 @@
+"""The PostgreSQL store's schema as versioned migrations, applied by `gateway db upgrade`.
+
+`schema_version` holds one row per applied migration. `upgrade` applies the missing ones in
+order, each with its row, in one transaction under an advisory lock (two upgraders at once:
+the second waits, then finds nothing to do); running it again is a no-op. `check` is what a
+store does when it opens: it refuses a database that is not at `LATEST` (a `ConfigError`
+telling to run `gateway db upgrade`) rather than guess at a schema.
+
+The tables are those of the SQLite store (gateway/store/sqlite.py, sqlite_stats.py) with two
+additions: `ledger_head`, the one row that serialises the hash chain across processes (each
+batch locks it with SELECT ... FOR UPDATE), and an identity column `n` on deliveries for
+insertion order. Times and JSON are kept as the exact texts the SQLite store keeps, so both
+answer the same. The aggregate triggers are sqlite_stats.py's, in PL/pgSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from psycopg import AsyncConnection, OperationalError
+from psycopg.errors import UndefinedTable
+
+from gateway.exceptions import ConfigError, StoreUnavailable
+from gateway.ledger import GENESIS
+
+UPGRADE_LOCK: Final = 0x6761_7465_7761_7901
+"""pg_advisory_xact_lock key of `upgrade` ("gateway" + 1)."""
+
+_V1_TABLES = f"""
+CREATE TABLE warnings (
+    id TEXT PRIMARY KEY,
+    body_hash TEXT NOT NULL,
+    warning TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    auth TEXT NOT NULL
+);
+CREATE INDEX warnings_by_received ON warnings (received_at);
+CREATE INDEX warnings_active ON warnings (state) WHERE state = 'active';
+CREATE TABLE ledger (
+    seq BIGINT PRIMARY KEY,
+    warning_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX ledger_by_warning ON ledger (warning_id, seq);
+CREATE TABLE ledger_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO ledger_head VALUES (1, 0, '{GENESIS}');
+CREATE TABLE deliveries (
+    n BIGINT GENERATED ALWAYS AS IDENTITY,
+    id TEXT PRIMARY KEY,
+    warning_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    receipt TEXT,
+    purpose TEXT
+);
+CREATE INDEX deliveries_by_warning ON deliveries (warning_id, n);
+CREATE INDEX deliveries_pending ON deliveries (level, n) WHERE state = 'pending';
+CREATE TABLE probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE disabled_endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE coverage (
+    warning_id TEXT NOT NULL,
+    township TEXT NOT NULL,
+    blind_spot INTEGER NOT NULL,
+    covered_at TEXT,
+    covered_by TEXT,
+    escalated_at TEXT,
+    PRIMARY KEY (warning_id, township)
+);
+CREATE TABLE stats_warning (
+    warning_id TEXT PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    received_us BIGINT NOT NULL,
+    level INTEGER NOT NULL,
+    hazard TEXT NOT NULL,
+    msg_type TEXT NOT NULL,
+    districts TEXT NOT NULL,
+    planned INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    "open" INTEGER NOT NULL DEFAULT 0,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    first_us BIGINT,
+    last_us BIGINT,
+    townships INTEGER NOT NULL DEFAULT 0,
+    covered INTEGER NOT NULL DEFAULT 0,
+    covered_us BIGINT,
+    escalations INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX stats_warning_by_received ON stats_warning (received_at);
+CREATE TABLE stats_district (
+    warning_id TEXT NOT NULL,
+    district TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    townships INTEGER NOT NULL DEFAULT 0,
+    covered INTEGER NOT NULL DEFAULT 0,
+    covered_us BIGINT,
+    escalations INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (warning_id, district)
+);
+CREATE INDEX stats_district_by_received ON stats_district (district, received_at);
+CREATE TABLE stats_channel (
+    warning_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    planned INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    "open" INTEGER NOT NULL DEFAULT 0,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    escalation_deliveries INTEGER NOT NULL DEFAULT 0,
+    first_us BIGINT,
+    last_us BIGINT,
+    PRIMARY KEY (warning_id, channel)
+);
+CREATE TABLE stats_delivery (
+    id TEXT PRIMARY KEY,
+    warning_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    tries INTEGER NOT NULL,
+    ended_us BIGINT,
+    reached_us BIGINT
+);
+"""
+
+# A warning's own deliveries count as planned; escalations to command centres apart; clears
+# are neither (sqlite_stats._PLANNED, _ESCALATION).
+_V1_TRIGGERS = """
+CREATE FUNCTION stats_planned(id TEXT, purpose TEXT) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(purpose, '') = '' AND strpos(id, '/escalate-') = 0
+$$;
+CREATE FUNCTION stats_escalation(id TEXT, purpose TEXT) RETURNS BOOLEAN
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT strpos(id, '/escalate-') > 0 OR left(coalesce(purpose, ''), 11) = 'escalation:'
+$$;
+CREATE FUNCTION stats_micros(at TEXT) RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT (extract(epoch FROM at::timestamptz) * 1000000)::BIGINT
+$$;
+
+CREATE FUNCTION stats_delivery_row() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    dl INTEGER := (NEW.state = 'delivered')::INTEGER;
+    fl INTEGER := (NEW.state = 'failed')::INTEGER;
+    st INTEGER := (NEW.state = 'stopped')::INTEGER;
+    op INTEGER := (NEW.state NOT IN ('delivered', 'failed', 'stopped'))::INTEGER;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        dl := dl - (OLD.state = 'delivered')::INTEGER;
+        fl := fl - (OLD.state = 'failed')::INTEGER;
+        st := st - (OLD.state = 'stopped')::INTEGER;
+        op := op - (OLD.state NOT IN ('delivered', 'failed', 'stopped'))::INTEGER;
+        UPDATE stats_channel SET delivered = delivered + dl, failures = failures + fl,
+            "open" = "open" + op, stopped = stopped + st
+        WHERE warning_id = NEW.warning_id AND channel = NEW.channel;
+        UPDATE stats_warning SET delivered = delivered + dl, failures = failures + fl,
+            "open" = "open" + op, stopped = stopped + st
+        WHERE warning_id = NEW.warning_id;
+    ELSIF stats_planned(NEW.id, NEW.purpose) THEN
+        INSERT INTO stats_channel AS c
+            (warning_id, channel, planned, delivered, failures, "open", stopped)
+        VALUES (NEW.warning_id, NEW.channel, 1, dl, fl, op, st)
+        ON CONFLICT (warning_id, channel) DO UPDATE SET planned = c.planned + 1,
+            delivered = c.delivered + dl, failures = c.failures + fl,
+            "open" = c."open" + op, stopped = c.stopped + st;
+        UPDATE stats_warning SET planned = planned + 1, delivered = delivered + dl,
+            failures = failures + fl, "open" = "open" + op, stopped = stopped + st
+        WHERE warning_id = NEW.warning_id;
+    ELSIF stats_escalation(NEW.id, NEW.purpose) THEN
+        INSERT INTO stats_channel AS c (warning_id, channel, escalation_deliveries)
+        VALUES (NEW.warning_id, NEW.channel, 1)
+        ON CONFLICT (warning_id, channel) DO UPDATE
+        SET escalation_deliveries = c.escalation_deliveries + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stats_delivery_insert AFTER INSERT ON deliveries
+FOR EACH ROW EXECUTE FUNCTION stats_delivery_row();
+CREATE TRIGGER stats_delivery_state AFTER UPDATE OF state ON deliveries
+FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state AND stats_planned(NEW.id, NEW.purpose))
+EXECUTE FUNCTION stats_delivery_row();
+
+CREATE FUNCTION stats_delivery_times() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    retried INTEGER := greatest(0, NEW.tries - 1);
+    reached BIGINT := NEW.reached_us;
+    ended BIGINT := NEW.ended_us;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        retried := retried - greatest(0, OLD.tries - 1);
+        IF OLD.reached_us IS NOT NULL THEN reached := NULL; END IF;
+        IF OLD.ended_us IS NOT NULL THEN ended := NULL; END IF;
+    END IF;
+    UPDATE stats_channel SET retries = retries + retried,
+        first_us = CASE WHEN reached IS NOT NULL THEN least(first_us, reached) ELSE first_us END,
+        last_us = CASE WHEN ended IS NOT NULL THEN greatest(last_us, ended) ELSE last_us END
+    WHERE warning_id = NEW.warning_id AND channel = NEW.channel;
+    UPDATE stats_warning SET retries = retries + retried,
+        first_us = CASE WHEN reached IS NOT NULL THEN least(first_us, reached) ELSE first_us END,
+        last_us = CASE WHEN ended IS NOT NULL THEN greatest(last_us, ended) ELSE last_us END
+    WHERE warning_id = NEW.warning_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stats_delivery_times AFTER INSERT OR UPDATE ON stats_delivery
+FOR EACH ROW EXECUTE FUNCTION stats_delivery_times();
+
+CREATE FUNCTION stats_coverage_row() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    at BIGINT;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE stats_warning SET townships = townships + 1 WHERE warning_id = NEW.warning_id;
+        UPDATE stats_district SET townships = townships + 1
+        WHERE warning_id = NEW.warning_id AND district = left(NEW.township, 6);
+    ELSE
+        at := stats_micros(NEW.covered_at);
+        UPDATE stats_warning SET covered = covered + 1, covered_us = greatest(covered_us, at)
+        WHERE warning_id = NEW.warning_id;
+        UPDATE stats_district SET covered = covered + 1, covered_us = greatest(covered_us, at)
+        WHERE warning_id = NEW.warning_id AND district = left(NEW.township, 6);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stats_coverage_insert AFTER INSERT ON coverage
+FOR EACH ROW EXECUTE FUNCTION stats_coverage_row();
+CREATE TRIGGER stats_coverage_cover AFTER UPDATE OF covered_at ON coverage
+FOR EACH ROW WHEN (OLD.covered_at IS NULL AND NEW.covered_at IS NOT NULL)
+EXECUTE FUNCTION stats_coverage_row();
+"""
+
+MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+    (1, "tables of the SQLite store, ledger_head, aggregate triggers", _V1_TABLES + _V1_TRIGGERS),
+)
+"""(version, what it does, SQL), in order; append, never edit one that shipped."""
+LATEST: Final = MIGRATIONS[-1][0]
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+async def current_version(conn: AsyncConnection[Any]) -> int:
+    """The highest applied migration; 0 for a database never upgraded."""
+    try:
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+    except UndefinedTable:
+        await conn.rollback()
+        return 0
+    row = await cur.fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+async def upgrade(conn: AsyncConnection[Any]) -> list[int]:
+    """Apply the missing migrations in one transaction; the versions applied (none: already
+    at LATEST). `conn` must not be in a transaction."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (UPGRADE_LOCK,))
+        await conn.execute(_VERSION_TABLE)
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        row = await cur.fetchone()
+        assert row is not None
+        at = int(str(row[0]))
+        applied = []
+        for version, name, script in MIGRATIONS:
+            if version <= at:
+                continue
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name)
+            )
+            applied.append(version)
+    return applied
+
+
+async def check(conn: AsyncConnection[Any], where: str) -> None:
+    """ConfigError unless the database is at LATEST; `where` names it (no password)."""
+    version = await current_version(conn)
+    if version == LATEST:
+        return
+    if version > LATEST:
+        reason = f"schema version {version} is newer than this gateway's ({LATEST}): upgrade it"
+    else:
+        reason = f"schema version {version}, this gateway needs {LATEST}: run `gateway db upgrade`"
+    raise ConfigError(where, "store", reason)
+
+
+async def upgrade_url(url: str) -> tuple[list[int], int]:
+    """`upgrade` the database at `url`: (versions applied, LATEST)."""
+    from gateway.store.postgres import CONNECT_TIMEOUT_S, masked
+
+    try:
+        conn = await AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        )
+    except OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to {masked(url)}: {exc}") from exc
+    async with conn:
+        return await upgrade(conn), LATEST

@@ -1,0 +1,353 @@
+"""PostgreSQL store: the system of record that several gateway processes share.
+
+Writes are group-committed as in the SQLite store: one writer task per process takes whatever
+is queued and commits it as one transaction (gateway/store/pg_write.py, which also keeps the
+one hash chain across processes). Each write is encoded and checked when it is submitted
+(`Unstorable` to its caller alone); a batch that fails on its data is retried write by write.
+
+Faults: a batch whose connection is lost (server stopped, backend terminated) is tried once
+more on a fresh connection; if the COMMIT had been sent, the chain tells whether it landed, so
+nothing is written twice. When the database cannot write, awaited writes raise
+`StoreUnavailable` (503) and `record_soon` outcomes are kept and retried with backoff until
+they commit. One transaction per batch: a failure never leaves half a batch. Reads and the
+small writes outside the chain run on other connections of the same pool.
+
+The schema must be at pg_schema.LATEST (`gateway db upgrade`); opening refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.exceptions import StoreUnavailable, Unstorable
+from gateway.ledger import LedgerDraft, LedgerEntry, timestamp
+from gateway.store import pg_schema, pg_stats_read, pg_write
+from gateway.store.base import (
+    CommitListener,
+    Cover,
+    CoverageRow,
+    DeliveryRecord,
+    DeliveryUpdate,
+    StatsFigures,
+    StoredWarning,
+)
+from gateway.store.pg_rows import (
+    COVERAGE_COLUMNS,
+    DELIVERY_COLUMNS,
+    LEDGER_COLUMNS,
+    WARNING_COLUMNS,
+    to_coverage,
+    to_delivery,
+    to_entry,
+    to_warning,
+)
+from gateway.store.pg_writer import MAX_BACKLOG, GroupCommit, environmental
+from gateway.store.rows import Write, prepare, scrubbed
+from gateway.text import printable
+
+log = logging.getLogger("gateway.store")
+
+POOL_SIZE = 8
+CONNECT_TIMEOUT_S = 5
+"""For one new connection, and for the pool to open."""
+POOL_TIMEOUT_S = 2.0
+"""How long a caller waits for a pooled connection before the store counts as unavailable."""
+RECONNECT_S = 2.0
+"""How long the pool retries a lost connection (with its backoff) before the next caller's
+demand starts afresh: a short bound keeps the backoff from outgrowing an outage."""
+LEDGER_PAGE = 1000
+
+
+def masked(url: str) -> str:
+    """`url` without its password, fit for a log or an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:
+    """A closed pool of autocommit connections to `url` (open it before use)."""
+    return AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        open=False,
+        timeout=POOL_TIMEOUT_S,
+        reconnect_timeout=RECONNECT_S,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        check=AsyncConnectionPool.check_connection,
+        name="gateway-store",
+    )
+
+
+class PostgresStore:
+    """The shared store; see the module docstring."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool = pool(url)
+        self._commits = GroupCommit(self._pool)
+        self._queue = self._commits.queue
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            async with self._pool.connection() as conn:
+                await pg_schema.check(conn, masked(self.url))
+        except PoolTimeout as exc:
+            await self._pool.close()
+            raise StoreUnavailable(f"cannot connect to {masked(self.url)}: {exc}") from exc
+        except BaseException:
+            await self._pool.close()
+            raise
+        self._writer = asyncio.create_task(self._commits.run(), name="pg-writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+        await self._pool.close()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        warning: StoredWarning,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+        coverage: Sequence[CoverageRow] = (),
+        retire: tuple[str, str] | None = None,
+        escalated: tuple[Sequence[str], datetime] | None = None,
+    ) -> tuple[StoredWarning, bool]:
+        write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
+        if escalated is not None:
+            write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
+        result = await self._submit(write)
+        assert result is not None
+        return result
+
+    async def retire(
+        self,
+        warning_id: str,
+        state: str,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+    ) -> None:
+        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+
+    async def append(self, entries: Sequence[LedgerDraft]) -> None:
+        if entries:
+            await self._submit(Write(entries))
+
+    async def record(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        if updates or entries or covers:
+            await self._submit(Write(entries, updates=updates, covers=covers))
+
+    def record_soon(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        self._check_open()
+        write = Write(entries, updates=updates, covers=covers)
+        try:
+            self._prepare(write)
+        except Unstorable as exc:
+            # An outcome is not lost over a diagnostic text: stored with that text escaped.
+            log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
+            try:
+                write = self._prepare(scrubbed(write))
+            except Unstorable:
+                log.exception("an outcome cannot be stored; its delivery resumes on restart")
+                return
+        self._queue.put_nowait(write)
+
+    async def escalate(
+        self,
+        warning_id: str,
+        townships: Sequence[str],
+        at: datetime,
+        deliveries: Sequence[DeliveryRecord],
+        entries: Sequence[LedgerDraft],
+    ) -> None:
+        escalated = (warning_id, townships, timestamp(at))
+        await self._submit(Write(entries, deliveries=deliveries, escalated=escalated))
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._commits.listeners.append(listener)
+
+    def lagging(self) -> bool:
+        return self._queue.qsize() > MAX_BACKLOG
+
+    async def caught_up(self) -> None:
+        while self._queue.qsize() > MAX_BACKLOG // 2:
+            self._check_open()
+            self._commits.committed.clear()
+            await self._commits.committed.wait()
+
+    def _check_open(self) -> None:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("the store is not open")
+
+    @staticmethod
+    def _prepare(write: Write) -> Write:
+        prepare(write)
+        pg_write.check_text(write)
+        return write
+
+    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
+        self._check_open()
+        self._prepare(write)  # raises to this caller alone
+        write.done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(write)
+        return await write.done
+
+    # -- reads and small writes --------------------------------------------------------------
+
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql, args)
+                return list(await cur.fetchall())
+        except Exception as exc:
+            if environmental(exc):
+                raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
+            raise
+
+    async def _direct(self, sql: str, args: Sequence[Any]) -> int:
+        """A small write outside the chain's group commit; the number of rows it touched."""
+        self._check_open()
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql, args)
+                return int(cur.rowcount)
+        except Exception as exc:
+            if environmental(exc):
+                raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+            raise
+
+    async def get_warning(self, warning_id: str) -> StoredWarning | None:
+        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id = %s"
+        rows = await self._rows(sql, (warning_id,))
+        return to_warning(rows[0]) if rows else None
+
+    async def entries_for(self, warning_id: str) -> list[LedgerEntry]:
+        sql = f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE warning_id = %s ORDER BY seq"
+        return [to_entry(r) for r in await self._rows(sql, (warning_id,))]
+
+    async def ledger(self) -> AsyncIterator[LedgerEntry]:
+        """Every entry in order, read page by page."""
+        after = 0
+        sql = f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s"
+        while True:
+            rows = await self._rows(sql, (after, LEDGER_PAGE))
+            for row in rows:
+                yield to_entry(row)
+            if len(rows) < LEDGER_PAGE:
+                return
+            after = int(rows[-1][0])
+
+    async def unfinished(self) -> list[DeliveryRecord]:
+        return await self._deliveries("state = 'pending' ORDER BY level, n", ())
+
+    async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
+        return await self._deliveries("warning_id = %s ORDER BY n", (warning_id,))
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        found = await self._deliveries("id = %s", (delivery_id,))
+        return found[0] if found else None
+
+    async def _deliveries(self, where: str, args: Sequence[Any]) -> list[DeliveryRecord]:
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {where}"
+        return [to_delivery(r) for r in await self._rows(sql, args)]
+
+    async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
+        sql = (
+            f"SELECT {COVERAGE_COLUMNS} FROM coverage WHERE warning_id = %s "
+            'ORDER BY township COLLATE "C"'
+        )
+        return [to_coverage(r) for r in await self._rows(sql, (warning_id,))]
+
+    async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
+        sql = (
+            "SELECT purpose, channel, state, count(*) FROM deliveries WHERE warning_id = %s "
+            "GROUP BY purpose, channel, state"
+        )
+        return [(r[0], r[1], r[2], int(r[3])) for r in await self._rows(sql, (warning_id,))]
+
+    async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
+        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
+        sql = (
+            f"SELECT {WARNING_COLUMNS} FROM warnings WHERE received_at >= %s "
+            'AND received_at < %s ORDER BY received_at COLLATE "C"'
+        )
+        return [to_warning(r) for r in await self._rows(sql, (lo, hi))]
+
+    async def stats(
+        self, start: datetime, end: datetime, district: str | None, listed: int
+    ) -> StatsFigures:
+        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
+        try:
+            async with self._pool.connection() as conn:
+                return await pg_stats_read.read(conn, lo, hi, district, listed)
+        except Exception as exc:
+            if environmental(exc):
+                raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
+            raise
+
+    async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
+        sql = (
+            f"SELECT {WARNING_COLUMNS} FROM warnings WHERE expires_at::timestamptz > %s "
+            'ORDER BY received_at COLLATE "C"'
+        )
+        return [to_warning(r) for r in await self._rows(sql, (now,))]
+
+    async def active_warnings(self) -> list[StoredWarning]:
+        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
+        return [to_warning(r) for r in await self._rows(sql)]
+
+    async def ping(self) -> None:
+        self._check_open()
+        stamp = timestamp(datetime.now(UTC))
+        await self._direct(
+            "INSERT INTO probe VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            (stamp,),
+        )
+
+    async def disable_endpoint(self, endpoint_id: str, reason: str, at: datetime) -> None:
+        sql = (
+            "INSERT INTO disabled_endpoints VALUES (%s, %s, %s) ON CONFLICT (endpoint_id) "
+            "DO UPDATE SET reason = excluded.reason, at = excluded.at"
+        )
+        await self._direct(sql, (endpoint_id, printable(reason).replace("\x00", ""), timestamp(at)))
+
+    async def enable_endpoint(self, endpoint_id: str) -> bool:
+        sql = "DELETE FROM disabled_endpoints WHERE endpoint_id = %s"
+        return await self._direct(sql, (endpoint_id,)) > 0
+
+    async def disabled_endpoints(self) -> dict[str, str]:
+        rows = await self._rows("SELECT endpoint_id, reason FROM disabled_endpoints")
+        return {str(r[0]): str(r[1]) for r in rows}
