@@ -34,19 +34,15 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.channels.base import (
-    Channel,
+from gateway.channels.base import Channel, Message, Outcome
+from gateway.coverage import escalation_notice
+from gateway.endpoints import EndpointBook
+from gateway.exceptions import (
     DeliveryError,
-    Endpoint,
     EndpointGone,
-    Message,
-    Notice,
-    Outcome,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from gateway.coverage import escalation_notice
-from gateway.endpoints import EndpointBook
 from gateway.flow import (
     DEFAULT_PER_ENDPOINT,
     CircuitBreaker,
@@ -65,6 +61,7 @@ from gateway.store.base import (
     StoredWarning,
 )
 from gateway.townships import Registry
+from gateway.values import Endpoint, Notice
 from gateway.waitroom import DEFAULT_PROBE_S, WaitRoom
 
 log = logging.getLogger("gateway.dispatcher")

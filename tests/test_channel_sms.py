@@ -9,16 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.channels.base import (
-    DeliveryError,
-    Endpoint,
-    Message,
-    Notice,
-    PermanentDeliveryError,
-    Receipt,
-    TransientDeliveryError,
-    parse_retry_after,
-)
+from gateway.channels.base import Message, parse_retry_after
 from gateway.channels.sms import (
     HttpProvider,
     SmsChannel,
@@ -29,7 +20,13 @@ from gateway.channels.sms import (
     sms_text,
     utf16_units,
 )
-from gateway.exceptions import InvalidWarning
+from gateway.exceptions import (
+    DeliveryError,
+    InvalidWarning,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from gateway.values import Endpoint, Notice, Receipt
 from tests.sms_provider import SmsProviderProcess, sms_provider
 
 __all__ = ["sms_provider"]  # the fixture, imported so that pytest finds it here

@@ -87,14 +87,9 @@ KNOWN_TANGLES: dict[str, set[frozenset[str]]] = {
     },
     "packages": {
         frozenset({"gateway.api", "gateway.reports_api"}),
-        frozenset({"gateway.channels", "gateway.config", "gateway.endpoints", "gateway.policies"}),
     },
 }
 KNOWN_WRONG: dict[str, set[str]] = {
-    "policies-are-pure": {
-        "gateway.policies.retry -> gateway.channels.base",
-        "gateway.policies.routing -> gateway.channels.base",
-    },
     "channels-are-transports": {"gateway.channels.registry -> gateway.config"},
 }
 

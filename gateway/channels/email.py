@@ -39,15 +39,9 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 
-from gateway.channels.base import (
-    Channel,
-    DeliveryError,
-    Message,
-    Notice,
-    Outcome,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from gateway.channels.base import Channel, Message, Outcome
+from gateway.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from gateway.values import Notice
 
 log = logging.getLogger("gateway.channels.email")
 

@@ -40,17 +40,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.channels.base import (
-    Channel,
-    Endpoint,
-    Message,
-    Notice,
-    Outcome,
-    PermanentDeliveryError,
-    Receipt,
-    ReceiptSink,
-    TransientDeliveryError,
-)
+from gateway.channels.base import Channel, Message, Outcome, ReceiptSink
+from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
+from gateway.values import Endpoint, Notice, Receipt
 
 log = logging.getLogger("gateway.channels.mqtt")
 

@@ -23,20 +23,16 @@ from typing import Any, ClassVar, Self
 import aiohttp
 from yarl import URL
 
-from gateway.channels.base import (
-    Channel,
+from gateway.channels.base import Channel, Message, Outcome, PerWarning, parse_retry_after
+from gateway.exceptions import (
     DeliveryError,
-    Message,
-    Notice,
-    Outcome,
+    FieldError,
+    InvalidWarning,
     PermanentDeliveryError,
-    PerWarning,
-    Receipt,
     TransientDeliveryError,
-    parse_retry_after,
 )
-from gateway.exceptions import FieldError, InvalidWarning
 from gateway.text import in_utc, unicode_errors
+from gateway.values import Notice, Receipt
 
 log = logging.getLogger("gateway.channels.sms")
 
