@@ -26,8 +26,8 @@ from gateway.api import (
     add_routes,
     error_middleware,
 )
+from gateway.channel_registry import build_channels
 from gateway.channels.base import Channel
-from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
 from gateway.console import add_console

@@ -89,9 +89,7 @@ KNOWN_TANGLES: dict[str, set[frozenset[str]]] = {
         frozenset({"gateway.api", "gateway.reports_api"}),
     },
 }
-KNOWN_WRONG: dict[str, set[str]] = {
-    "channels-are-transports": {"gateway.channels.registry -> gateway.config"},
-}
+KNOWN_WRONG: dict[str, set[str]] = {}
 
 
 def _within(name: str, prefixes: Iterable[str]) -> bool:
