@@ -51,13 +51,11 @@ from gateway.flow import (
     RateLimiter,
 )
 from gateway.ledger import LedgerDraft, Stage
+from gateway.outcomes import Outcomes
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
 from gateway.store.base import (
-    Cover,
     DeliveryRecord,
-    DeliveryState,
-    DeliveryUpdate,
     StoredWarning,
 )
 from gateway.townships import Registry
@@ -152,7 +150,7 @@ class Dispatcher:
         self._workers: set[asyncio.Task[None]] = set()
         self._sending: dict[asyncio.Task[Any], _Job] = {}
         self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
-        self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self._outcomes = Outcomes(store, clock)
         self._retired: dict[str, None] = {}  # warnings stopped lately, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
@@ -260,7 +258,7 @@ class Dispatcher:
         """Stop the deliveries of a warning (superseded, cancelled, expired), which the store
         has already marked stopped: drop the queued ones, interrupt the sends in flight and
         return once none of them can still reach an endpoint."""
-        self._covered.pop(warning_id, None)
+        self._outcomes.forget(warning_id)
         self._retired[warning_id] = None
         if len(self._retired) > RETIRED_KEPT:
             del self._retired[next(iter(self._retired))]
@@ -310,7 +308,7 @@ class Dispatcher:
     def _enqueue(self, job: _Job) -> None:
         queue = self._queues.get(job.rec.channel)
         if queue is None:
-            self._final(job, job.attempts, "channel no longer configured")
+            self._outcomes.final(job.rec, job.attempts, "channel no longer configured")
             return
         if self._lead is not None and job.rec.channel == LEAD_CHANNEL:
             self._lead.queued(job.rec.level)
@@ -381,7 +379,7 @@ class Dispatcher:
             # A bug here must not leave the delivery silently pending until a restart.
             log.exception("delivery %s failed in the dispatcher", job.rec.id)
             self._forget(job)
-            self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
+            self._outcomes.final(job.rec, job.attempts, f"internal error: {type(exc).__name__}")
 
     async def _pace(self) -> None:
         """Let the others run, and wait for the store when it falls behind."""
@@ -430,7 +428,7 @@ class Dispatcher:
         self.breaker.success(endpoint.id)
         job.trial = False
         self._room.wake(self._wait_key(job))  # the far side is back: nobody waits longer
-        self._delivered(job, endpoint, n, started, outcome)
+        self._outcomes.delivered(job.rec, endpoint, n, started, outcome)
         return True
 
     def _hold(self, job: _Job) -> bool | None:
@@ -438,15 +436,15 @@ class Dispatcher:
         back to wait out its endpoint's open circuit, None when it can be sent."""
         notice, endpoint = job.notice, job.endpoint
         if endpoint is None:
-            self._final(job, job.attempts, "endpoint no longer configured")
+            self._outcomes.final(job.rec, job.attempts, "endpoint no longer configured")
             return True
         now = self.clock()
         if now >= _deadline(job):
-            self._final(job, job.attempts, "the warning expired before delivery")
+            self._outcomes.final(job.rec, job.attempts, "the warning expired before delivery")
             return True
         if endpoint.id in self.disabled:
             reason = f"endpoint disabled: {self.disabled[endpoint.id]}"
-            self._final(job, job.attempts + 1, reason, kind="permanent")
+            self._outcomes.final(job.rec, job.attempts + 1, reason, kind="permanent")
             return True
         # Wait out an open circuit outside the queue: other endpoints keep the workers busy.
         delay = self.breaker.admit(endpoint.id)
@@ -456,7 +454,7 @@ class Dispatcher:
         left = (notice.expires_at - now).total_seconds()
         if left <= 0:
             reason = "the warning expired while the endpoint was down"
-            self._final(job, job.attempts + 1, reason, kind="permanent")
+            self._outcomes.final(job.rec, job.attempts + 1, reason, kind="permanent")
             return True
         self._later(min(delay, left), job)
         return False
@@ -482,18 +480,20 @@ class Dispatcher:
             job.trial = False
         else:
             self._untrial(job, endpoint)
-        self._failed_attempt(job, endpoint, n, started, error)
+        self._outcomes.failed_attempt(job.rec, endpoint, n, started, error)
         if isinstance(error, EndpointGone):
             self.disabled[endpoint.id] = error.reason
             log.warning("endpoint %s disabled: %s", endpoint.id, error.reason)
             self._background(self.store.disable_endpoint(endpoint.id, error.reason, self.clock()))
         if not isinstance(error, TransientDeliveryError):
-            self._final(job, n, error.reason, kind="permanent")
+            self._outcomes.final(job.rec, n, error.reason, kind="permanent")
             return True
         left = (_deadline(job) - self.clock()).total_seconds()
         wait = runtime.retry.next_wait(n, error, left)
         if wait is None:  # a dead letter only at expiry (design.md "Delivery under faults")
-            self._final(job, n, f"the warning expired while retrying: {error.reason}", "expired")
+            self._outcomes.final(
+                job.rec, n, f"the warning expired while retrying: {error.reason}", "expired"
+            )
             return True
         self._later(wait, job)
         return False
@@ -510,61 +510,6 @@ class Dispatcher:
             if not jobs:
                 del self._jobs[job.rec.warning_id]
 
-    def _delivered(
-        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, outcome: Outcome
-    ) -> None:
-        rec = job.rec
-        state = DeliveryState.DELIVERED if outcome.delivered else DeliveryState.SENT
-        stage = Stage.DELIVERED if outcome.delivered else Stage.SENT
-        detail = dict(outcome.detail)
-        now = self.clock()
-        covers = []
-        if outcome.delivered and endpoint.covers_townships and not rec.purpose:
-            # A township's first cover is the one kept: later ones need not be written.
-            seen = self._covered.setdefault(rec.warning_id, set())
-            by = {"channel": rec.channel, "endpoint": endpoint.id}
-            for t in endpoint.townships:
-                if t not in seen:
-                    seen.add(t)
-                    covers.append(Cover(rec.warning_id, t, now, by))
-        self.store.record_soon(
-            # When the send began (the attempt entry has it too): an earlier receipt is refused.
-            [DeliveryUpdate(rec.id, state, n, {**detail, "sent_at": started.isoformat()})],
-            [
-                LedgerDraft(rec.warning_id, Stage.ATTEMPT, started, _entry(rec, endpoint, n)),
-                LedgerDraft(rec.warning_id, stage, now, _entry(rec, endpoint, n, detail)),
-            ],
-            covers,
-        )
-
-    def _failed_attempt(
-        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, error: DeliveryError
-    ) -> None:
-        data = _entry(job.rec, endpoint, n)
-        data["error"] = error.reason
-        data["transient"] = isinstance(error, TransientDeliveryError)
-        draft = LedgerDraft(job.rec.warning_id, Stage.ATTEMPT, started, data)
-        # The attempt count is stored so a restart does not grant a fresh set of attempts.
-        detail = {"last_error": error.reason}
-        update = DeliveryUpdate(job.rec.id, DeliveryState.PENDING, n, detail)
-        self.store.record_soon([update], [draft])
-
-    def _final(self, job: _Job, attempts: int, reason: str, kind: str = "") -> None:
-        rec = job.rec
-        data: dict[str, Any] = {
-            "delivery_id": rec.id,
-            "channel": rec.channel,
-            "endpoint": rec.endpoint_id,
-            "attempts": attempts,
-            "reason": reason,
-        }
-        if kind:
-            data["error"] = kind
-        self.store.record_soon(
-            [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
-            [LedgerDraft(rec.warning_id, Stage.FAILED, self.clock(), data)],
-        )
-
 
 def _deadline(job: _Job) -> datetime:
     """When `job` gives up: the warning's expiry; a clear or an expiry notice goes on for an hour
@@ -580,20 +525,6 @@ async def _clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outco
         raise PermanentDeliveryError(f"{channel.name} keeps nothing to clear")
     await clear(endpoint.townships[0], endpoint.target, warning_id)
     return Outcome(delivered=True, detail={"cleared": True})
-
-
-def _entry(
-    rec: DeliveryRecord, endpoint: Endpoint, n: int, detail: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "delivery_id": rec.id,
-        "channel": rec.channel,
-        "endpoint": endpoint.id,
-        "attempt": n,
-    }
-    if detail:
-        data["detail"] = dict(detail)
-    return data
 
 
 async def notice_of(store: Store, stored: StoredWarning) -> Notice:
