@@ -4,9 +4,10 @@ One writer task commits whatever is queued as one transaction (`synchronous=FULL
 commit), so concurrent ingests and delivery outcomes share one fsync. The writer alone extends
 the hash chain, which keeps the ledger strictly ordered. The write connection lives on a thread
 of its own, and a batch's statements and commit run there in one call: the event loop hands a
-batch over once instead of once per statement. Reads use a second connection (aiosqlite) and
-so never see a transaction that has not committed. The aggregates GET /v1/stats reads are
-kept by the same transactions (gateway/store/sqlite_stats.py).
+batch over once instead of once per statement. Reads use a second connection (aiosqlite,
+`sqlite_read.py`) and so never see a transaction that has not committed. The aggregates
+GET /v1/stats reads are kept by the same transactions (gateway/store/sqlite_stats.py); the
+tables are in `sqlite_schema.py`.
 
 Isolation: a write's rows and ledger data are encoded and checked when it is submitted, before
 it joins a batch, so one that cannot be stored is refused alone (`Unstorable` to its caller);
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,32 +30,19 @@ from typing import Self, TypeVar
 import aiosqlite
 
 from gateway.exceptions import StoreUnavailable, Unstorable
-from gateway.ledger import (
-    GENESIS,
-    LedgerDraft,
-    LedgerEntry,
-    entry_hash,
-    timestamp,
-)
-from gateway.store import sqlite_stats, sqlite_stats_read
+from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
+from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
     Cover,
     CoverageRow,
     DeliveryRecord,
     DeliveryUpdate,
-    StatsFigures,
     StoredWarning,
 )
 from gateway.store.rows import Rows, Write, ledger_data, prepare, scrubbed
-from gateway.store.sqlite_schema import (
-    PRAGMAS,
-    SCHEMA,
-    WARNING_COLUMNS,
-    to_delivery,
-    to_entry,
-    to_warning,
-)
+from gateway.store.sqlite_read import SqliteReads
+from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
@@ -64,7 +51,6 @@ _T = TypeVar("_T")
 MAX_BATCH = 256
 MAX_BACKLOG = 2 * MAX_BATCH
 """Queued writes beyond which `lagging` asks producers of outcomes to wait for the disk."""
-LEDGER_PAGE = 1000
 
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
@@ -76,7 +62,7 @@ def _environmental(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
 
 
-class SqliteStore:
+class SqliteStore(SqliteReads):
     """The embedded store; see the module docstring for how writes are batched."""
 
     def __init__(self, path: Path) -> None:
@@ -375,50 +361,6 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    # -- reads -------------------------------------------------------------------------------
-
-    async def get_warning(self, warning_id: str) -> StoredWarning | None:
-        assert self._r is not None
-        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id = ?"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            row = await cur.fetchone()
-        return to_warning(row) if row is not None else None
-
-    async def entries_for(self, warning_id: str) -> list[LedgerEntry]:
-        assert self._r is not None
-        sql = "SELECT * FROM ledger WHERE warning_id = ? ORDER BY seq"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            return [to_entry(row) async for row in cur]
-
-    async def ledger(self) -> AsyncIterator[LedgerEntry]:
-        """Every entry in order, read page by page."""
-        assert self._r is not None
-        after = 0
-        while True:
-            sql = "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"
-            async with self._r.execute(sql, (after, LEDGER_PAGE)) as cur:
-                rows = list(await cur.fetchall())
-            for row in rows:
-                yield to_entry(row)
-            if len(rows) < LEDGER_PAGE:
-                return
-            after = int(rows[-1][0])
-
-    async def unfinished(self) -> list[DeliveryRecord]:
-        return await self._deliveries("state = 'pending' ORDER BY level, rowid", ())
-
-    async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
-        return await self._deliveries("warning_id = ? ORDER BY rowid", (warning_id,))
-
-    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        found = await self._deliveries("id = ?", (delivery_id,))
-        return found[0] if found else None
-
-    async def _deliveries(self, where: str, args: tuple[object, ...]) -> list[DeliveryRecord]:
-        assert self._r is not None
-        async with self._r.execute(f"SELECT * FROM deliveries WHERE {where}", args) as cur:
-            return [to_delivery(row) for row in await cur.fetchall()]
-
     async def retire(
         self,
         warning_id: str,
@@ -427,59 +369,6 @@ class SqliteStore:
         deliveries: Sequence[DeliveryRecord] = (),
     ) -> None:
         await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
-
-    async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
-        assert self._r is not None
-        sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            rows = await cur.fetchall()
-        return [
-            CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
-            for r in rows
-        ]
-
-    async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
-        assert self._r is not None
-        sql = (
-            "SELECT purpose, channel, state, count(*) FROM deliveries WHERE warning_id = ? "
-            "GROUP BY purpose, channel, state"
-        )
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            return [(r[0], r[1], r[2], int(r[3])) for r in await cur.fetchall()]
-
-    async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
-        assert self._r is not None
-        # received_at is always stored in UTC with one format, so text order is time order.
-        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
-        sql = (
-            f"SELECT {WARNING_COLUMNS} FROM warnings "
-            "WHERE received_at >= ? AND received_at < ? ORDER BY received_at"
-        )
-        async with self._r.execute(sql, (lo, hi)) as cur:
-            return [to_warning(r) for r in await cur.fetchall()]
-
-    async def stats(
-        self, start: datetime, end: datetime, district: str | None, listed: int
-    ) -> StatsFigures:
-        assert self._r is not None
-        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
-        return await sqlite_stats_read.read(self._r, lo, hi, district, listed)
-
-    async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
-        assert self._r is not None
-        # expires_at keeps its sender's offset; julianday() compares it as a time.
-        sql = (
-            f"SELECT {WARNING_COLUMNS} FROM warnings "
-            "WHERE julianday(expires_at) > julianday(?) ORDER BY received_at"
-        )
-        async with self._r.execute(sql, (timestamp(now.astimezone(UTC)),)) as cur:
-            return [to_warning(r) for r in await cur.fetchall()]
-
-    async def active_warnings(self) -> list[StoredWarning]:
-        assert self._r is not None
-        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
-        async with self._r.execute(sql) as cur:
-            return [to_warning(r) for r in await cur.fetchall()]
 
     async def ping(self) -> None:
         assert self._r is not None
@@ -500,11 +389,6 @@ class SqliteStore:
         sql = "DELETE FROM disabled_endpoints WHERE endpoint_id = ?"
         await self._direct([(sql, [(endpoint_id,)])])
         return was
-
-    async def disabled_endpoints(self) -> dict[str, str]:
-        assert self._r is not None
-        async with self._r.execute("SELECT endpoint_id, reason FROM disabled_endpoints") as cur:
-            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def _direct(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
         """A small write outside the ledger's group commit, on the writer thread."""
