@@ -30,8 +30,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.channels.mqtt import RECEIPT_SOURCE as MQTT_SOURCE
-from gateway.channels.sms import RECEIPT_SOURCE as SMS_SOURCE
-from gateway.channels.sms import SmsStatus, parse_callback
+from gateway.channels.sms_receipts import RECEIPT_SOURCE as SMS_SOURCE
+from gateway.channels.sms_receipts import SmsStatus, parse_callback
 from gateway.clients import Client, Scope
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import FieldError, InvalidWarning, NotFound, Refused

@@ -13,13 +13,12 @@ from gateway.channels.base import Message, parse_retry_after
 from gateway.channels.sms import (
     HttpProvider,
     SmsChannel,
-    SmsStatus,
     StubProvider,
-    parse_callback,
     segments,
     sms_text,
     utf16_units,
 )
+from gateway.channels.sms_receipts import SmsStatus, parse_callback
 from gateway.exceptions import (
     DeliveryError,
     InvalidWarning,
