@@ -83,10 +83,10 @@ from paho.mqtt.properties import Properties
 from standardwebhooks import Webhook, WebhookVerificationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway.channels.base import Notice
-from gateway.channels.email import body as email_body
-from gateway.channels.email import subject as email_subject
+from gateway.channels.email_render import body as email_body
+from gateway.channels.email_render import subject as email_subject
 from gateway.channels.sms import segments, sms_text
+from gateway.values import Notice
 from tests.helpers import warning_body
 from tests.processes import GatewayProcess, free_port
 

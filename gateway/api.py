@@ -18,12 +18,12 @@ from typing import Any
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.cap import DEFAULT_CAP_SENDER, cap_to_document, document_to_cap
+from gateway.cap_profile import DEFAULT_CAP_SENDER
+from gateway.cap_read import cap_to_document
+from gateway.cap_write import document_to_cap
 from gateway.clients import Scope
 from gateway.config import DEFAULT_BODY_TIMEOUT_S
-from gateway.coverage import CoverageTracker, coverage_report
-from gateway.dispatcher import Dispatcher
-from gateway.endpoints import EndpointBook
+from gateway.coverage import coverage_report
 from gateway.exceptions import (
     BodyTimeout,
     ClientGone,
@@ -35,30 +35,29 @@ from gateway.exceptions import (
     UnsupportedMedia,
 )
 from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
-from gateway.ingest import Ingest, utc_now
+from gateway.ingest import utc_now
 from gateway.ledger import LedgerEntry
 from gateway.masking import mask
-from gateway.metrics import Metrics
-from gateway.receipts import ManualConfirmation, ReceiptDesk, parse_receipt
+from gateway.receipts import ManualConfirmation, parse_receipt
 from gateway.release_list import ReleaseList
-from gateway.store import Store
+from gateway.reports_api import add_report_routes
 from gateway.store.base import DeliveryRecord, StoredWarning
-from gateway.townships import Registry
+from gateway.web_keys import (
+    BODY_TIMEOUT,
+    DISPATCHER,
+    INGEST,
+    MAX_BODY,
+    METRICS,
+    PUBLIC_METRICS,
+    RECEIPTS,
+    REGISTRY,
+    RELEASE_LIST,
+    STORE,
+    TRACKER,
+)
 
 log = logging.getLogger("gateway.api")
 
-STORE: web.AppKey[Store] = web.AppKey("store", Store)
-INGEST = web.AppKey("ingest", Ingest)
-METRICS = web.AppKey("metrics", Metrics)
-MAX_BODY = web.AppKey("max_body", int)
-BODY_TIMEOUT = web.AppKey("body_timeout", float)
-REGISTRY = web.AppKey("registry", Registry)
-BOOK = web.AppKey("book", EndpointBook)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-RECEIPTS = web.AppKey("receipts", ReceiptDesk)
-TRACKER = web.AppKey("tracker", CoverageTracker)
-RELEASE_LIST = web.AppKey("release_list", ReleaseList)
-PUBLIC_METRICS = web.AppKey("public_metrics", bool)
 MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
@@ -386,8 +385,6 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from gateway.reports_api import add_report_routes
-
     app.router.add_post("/v1/warnings", post_warning)
     app.router.add_get("/v1/warnings/{id}", get_warning)
     app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)

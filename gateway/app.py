@@ -10,24 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import (
-    BODY_TIMEOUT,
-    BOOK,
-    DISPATCHER,
-    INGEST,
-    MAX_BODY,
-    METRICS,
-    PUBLIC_METRICS,
-    RECEIPTS,
-    REGISTRY,
-    RELEASE_LIST,
-    STORE,
-    TRACKER,
-    add_routes,
-    error_middleware,
-)
+from gateway.api import add_routes, error_middleware
+from gateway.channel_registry import build_channels
 from gateway.channels.base import Channel
-from gateway.channels.registry import build_channels
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
 from gateway.console import add_console
@@ -46,6 +31,20 @@ from gateway.reconcile import Reconciler
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry
+from gateway.web_keys import (
+    BODY_TIMEOUT,
+    BOOK,
+    DISPATCHER,
+    INGEST,
+    MAX_BODY,
+    METRICS,
+    PUBLIC_METRICS,
+    RECEIPTS,
+    REGISTRY,
+    RELEASE_LIST,
+    STORE,
+    TRACKER,
+)
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -20,7 +20,6 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 
 from gateway import __version__
-from gateway.api import BOOK
 from gateway.app import build_app
 from gateway.clients import token_env, warn_tokenless
 from gateway.config import load_settings
@@ -29,6 +28,7 @@ from gateway.exceptions import ConfigError, LedgerCorrupt, StoreUnavailable
 from gateway.ledger import verify
 from gateway.store import is_postgres, open_store
 from gateway.townships import Registry
+from gateway.web_keys import BOOK
 
 log = logging.getLogger("gateway")
 

@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.channels.base import Endpoint, Notice
 from gateway.endpoints import EndpointBook
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from gateway.townships import Registry
+from gateway.values import Endpoint, Notice
 
 log = logging.getLogger("gateway.coverage")
 

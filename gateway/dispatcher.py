@@ -30,23 +30,18 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.channels.base import (
-    Channel,
-    DeliveryError,
-    Endpoint,
-    EndpointGone,
-    Message,
-    Notice,
-    Outcome,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from gateway.channels.base import Channel, Message
 from gateway.coverage import escalation_notice
 from gateway.endpoints import EndpointBook
+from gateway.exceptions import (
+    DeliveryError,
+    EndpointGone,
+    TransientDeliveryError,
+)
 from gateway.flow import (
     DEFAULT_PER_ENDPOINT,
     CircuitBreaker,
@@ -54,37 +49,28 @@ from gateway.flow import (
     LeadGate,
     RateLimiter,
 )
+from gateway.jobs import AFTER_END, CLEAR, EXPIRED, Job, clear, deadline, notice_of
 from gateway.ledger import LedgerDraft, Stage
+from gateway.outcomes import Outcomes
 from gateway.policies.retry import RetryPolicy
 from gateway.store import Store
 from gateway.store.base import (
-    Cover,
     DeliveryRecord,
-    DeliveryState,
-    DeliveryUpdate,
-    StoredWarning,
 )
 from gateway.townships import Registry
+from gateway.values import Endpoint, Notice
 from gateway.waitroom import DEFAULT_PROBE_S, WaitRoom
 
 log = logging.getLogger("gateway.dispatcher")
 
 Clock = Callable[[], datetime]
-CLEAR = "clear"
 CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
 LEAD_CHANNEL = "mqtt"
 """Boards and loudspeakers reach everyone in an area at once: their deliveries go first."""
 LEAD_STALL_S = 0.25
 LEAD_MAX_HOLD_S = 1.0
-EXPIRED = "expired"
-"""Purpose of a partner's `warning.expired` notice, sent once a warning it got has expired."""
-AFTER_END = frozenset({CLEAR, EXPIRED})
-"""Purposes of deliveries sent after their warning ended: never stopped by it."""
 DISABLED_REFRESH_S = 10.0
 """How often the disabled endpoints are read again (`gateway partners enable` lifts one)."""
-CLEAR_GRACE_S = 3600.0
-_CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
-_NO_GRACE = timedelta(0)
 RETIRED_KEPT = 10_000
 # A worker whose sends complete without suspending (a stub) lets others run this often.
 YIELD_EVERY = 32
@@ -107,23 +93,7 @@ class ChannelRuntime:
             raise ValueError("concurrency and per_endpoint must be at least 1")
 
 
-@dataclass(eq=False)
-class _Job:
-    """A delivery on its way: what to send, to whom, and the attempts made so far (counted
-    across restarts, so a restart grants no fresh set of attempts)."""
-
-    notice: Notice
-    rec: DeliveryRecord
-    endpoint: Endpoint | None
-    attempts: int
-    stopped: bool = False
-    halted: asyncio.Future[None] | None = None
-    """Set by `stop` when it interrupts the job's send; resolved once the worker let go."""
-    trial: bool = False
-    """This attempt is the one trial of its endpoint's half-open circuit."""
-
-
-_Queue = asyncio.PriorityQueue[tuple[int, int, _Job]]
+_Queue = asyncio.PriorityQueue[tuple[int, int, Job]]
 
 
 class Dispatcher:
@@ -153,16 +123,16 @@ class Dispatcher:
         self._queues: dict[str, _Queue] = {name: asyncio.PriorityQueue() for name in runtimes}
         self._order = itertools.count()
         self._workers: set[asyncio.Task[None]] = set()
-        self._sending: dict[asyncio.Task[Any], _Job] = {}
-        self._jobs: dict[str, set[_Job]] = {}  # by warning: what `stop` stops (not clears)
-        self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self._sending: dict[asyncio.Task[Any], Job] = {}
+        self._jobs: dict[str, set[Job]] = {}  # by warning: what `stop` stops (not clears)
+        self._outcomes = Outcomes(store, clock)
         self._retired: dict[str, None] = {}  # warnings stopped lately, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
-        self._room: WaitRoom[_Job] = WaitRoom(
+        self._room: WaitRoom[Job] = WaitRoom(
             self._requeue, rank=lambda job: job.rec.level, sleep=sleep, probe_s=probe_s
         )
-        self._slots: dict[str, EndpointSlots[_Job]] = {
+        self._slots: dict[str, EndpointSlots[Job]] = {
             name: EndpointSlots(runtime.per_endpoint) for name, runtime in runtimes.items()
         }
         self._closing = False
@@ -252,7 +222,7 @@ class Dispatcher:
                 job_notice = replace(notice, msg_type=EXPIRED)
             elif rec.escalation_of and self.registry is not None:
                 job_notice = escalation_notice(notice, rec.escalation_of, self.registry)
-            job = _Job(job_notice, rec, self.book.by_id.get(rec.endpoint_id), rec.attempts)
+            job = Job(job_notice, rec, self.book.by_id.get(rec.endpoint_id), rec.attempts)
             if rec.purpose not in AFTER_END:
                 tracked.add(job)
             self._enqueue(job)
@@ -263,7 +233,7 @@ class Dispatcher:
         """Stop the deliveries of a warning (superseded, cancelled, expired), which the store
         has already marked stopped: drop the queued ones, interrupt the sends in flight and
         return once none of them can still reach an endpoint."""
-        self._covered.pop(warning_id, None)
+        self._outcomes.forget(warning_id)
         self._retired[warning_id] = None
         if len(self._retired) > RETIRED_KEPT:
             del self._retired[next(iter(self._retired))]
@@ -299,21 +269,21 @@ class Dispatcher:
         if woken:
             log.info("%s is back: %d waiting deliveries go now", channel, woken)
 
-    def _wait_key(self, job: _Job) -> str:
+    def _wait_key(self, job: Job) -> str:
         """What a waiting `job` waits for: its channel's shared transport, or its endpoint."""
         runtime = self.runtimes.get(job.rec.channel)
         if runtime is not None and runtime.channel.shared_transport:
             return job.rec.channel
         return f"endpoint {job.rec.endpoint_id}"
 
-    def _requeue(self, job: _Job) -> None:
+    def _requeue(self, job: Job) -> None:
         if not job.stopped and not self._closing:
             self._enqueue(job)
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: Job) -> None:
         queue = self._queues.get(job.rec.channel)
         if queue is None:
-            self._final(job, job.attempts, "channel no longer configured")
+            self._outcomes.final(job.rec, job.attempts, "channel no longer configured")
             return
         if self._lead is not None and job.rec.channel == LEAD_CHANNEL:
             self._lead.queued(job.rec.level)
@@ -366,7 +336,7 @@ class Dispatcher:
     async def _run(
         self,
         runtime: ChannelRuntime,
-        job: _Job,
+        job: Job,
         task: asyncio.Task[Any],
         leading: LeadGate | None,
     ) -> None:
@@ -384,7 +354,7 @@ class Dispatcher:
             # A bug here must not leave the delivery silently pending until a restart.
             log.exception("delivery %s failed in the dispatcher", job.rec.id)
             self._forget(job)
-            self._final(job, job.attempts, f"internal error: {type(exc).__name__}")
+            self._outcomes.final(job.rec, job.attempts, f"internal error: {type(exc).__name__}")
 
     async def _pace(self) -> None:
         """Let the others run, and wait for the store when it falls behind."""
@@ -393,7 +363,7 @@ class Dispatcher:
         else:
             await asyncio.sleep(0)
 
-    async def _deliver(self, runtime: ChannelRuntime, job: _Job, task: asyncio.Task[Any]) -> bool:
+    async def _deliver(self, runtime: ChannelRuntime, job: Job, task: asyncio.Task[Any]) -> bool:
         """One attempt at `job`; True when the delivery has ended, False when it was put back
         to be retried later."""
         held = self._hold(job)
@@ -412,7 +382,7 @@ class Dispatcher:
         self._sending[task] = job
         try:
             if rec.purpose == CLEAR:
-                outcome = await _clear(runtime.channel, endpoint, rec.warning_id)
+                outcome = await clear(runtime.channel, endpoint, rec.warning_id)
             else:
                 outcome = await runtime.channel.send(Message(rec.id, job.notice, endpoint, n))
         except DeliveryError as exc:
@@ -433,23 +403,23 @@ class Dispatcher:
         self.breaker.success(endpoint.id)
         job.trial = False
         self._room.wake(self._wait_key(job))  # the far side is back: nobody waits longer
-        self._delivered(job, endpoint, n, started, outcome)
+        self._outcomes.delivered(job.rec, endpoint, n, started, outcome)
         return True
 
-    def _hold(self, job: _Job) -> bool | None:
+    def _hold(self, job: Job) -> bool | None:
         """Why `job` cannot be sent now: True when it has ended (failed), False when it was put
         back to wait out its endpoint's open circuit, None when it can be sent."""
         notice, endpoint = job.notice, job.endpoint
         if endpoint is None:
-            self._final(job, job.attempts, "endpoint no longer configured")
+            self._outcomes.final(job.rec, job.attempts, "endpoint no longer configured")
             return True
         now = self.clock()
-        if now >= _deadline(job):
-            self._final(job, job.attempts, "the warning expired before delivery")
+        if now >= deadline(job):
+            self._outcomes.final(job.rec, job.attempts, "the warning expired before delivery")
             return True
         if endpoint.id in self.disabled:
             reason = f"endpoint disabled: {self.disabled[endpoint.id]}"
-            self._final(job, job.attempts + 1, reason, kind="permanent")
+            self._outcomes.final(job.rec, job.attempts + 1, reason, kind="permanent")
             return True
         # Wait out an open circuit outside the queue: other endpoints keep the workers busy.
         delay = self.breaker.admit(endpoint.id)
@@ -459,12 +429,12 @@ class Dispatcher:
         left = (notice.expires_at - now).total_seconds()
         if left <= 0:
             reason = "the warning expired while the endpoint was down"
-            self._final(job, job.attempts + 1, reason, kind="permanent")
+            self._outcomes.final(job.rec, job.attempts + 1, reason, kind="permanent")
             return True
         self._later(min(delay, left), job)
         return False
 
-    def _untrial(self, job: _Job, endpoint: Endpoint) -> None:
+    def _untrial(self, job: Job, endpoint: Endpoint) -> None:
         """A trial that ends with no verdict (stopped, a permanent error) lets another go."""
         if job.trial:
             job.trial = False
@@ -473,7 +443,7 @@ class Dispatcher:
     def _failed(
         self,
         runtime: ChannelRuntime,
-        job: _Job,
+        job: Job,
         endpoint: Endpoint,
         started: datetime,
         error: DeliveryError,
@@ -485,125 +455,32 @@ class Dispatcher:
             job.trial = False
         else:
             self._untrial(job, endpoint)
-        self._failed_attempt(job, endpoint, n, started, error)
+        self._outcomes.failed_attempt(job.rec, endpoint, n, started, error)
         if isinstance(error, EndpointGone):
             self.disabled[endpoint.id] = error.reason
             log.warning("endpoint %s disabled: %s", endpoint.id, error.reason)
             self._background(self.store.disable_endpoint(endpoint.id, error.reason, self.clock()))
         if not isinstance(error, TransientDeliveryError):
-            self._final(job, n, error.reason, kind="permanent")
+            self._outcomes.final(job.rec, n, error.reason, kind="permanent")
             return True
-        left = (_deadline(job) - self.clock()).total_seconds()
+        left = (deadline(job) - self.clock()).total_seconds()
         wait = runtime.retry.next_wait(n, error, left)
         if wait is None:  # a dead letter only at expiry (design.md "Delivery under faults")
-            self._final(job, n, f"the warning expired while retrying: {error.reason}", "expired")
+            self._outcomes.final(
+                job.rec, n, f"the warning expired while retrying: {error.reason}", "expired"
+            )
             return True
         self._later(wait, job)
         return False
 
-    def _later(self, wait: float, job: _Job) -> None:
+    def _later(self, wait: float, job: Job) -> None:
         """Put `job` back in its queue after `wait` seconds, or as soon as what it waits for
         is back (`WaitRoom`), unless stopped meanwhile."""
         self._room.wait(self._wait_key(job), job, wait)
 
-    def _forget(self, job: _Job) -> None:
+    def _forget(self, job: Job) -> None:
         jobs = self._jobs.get(job.rec.warning_id)
         if jobs is not None:
             jobs.discard(job)
             if not jobs:
                 del self._jobs[job.rec.warning_id]
-
-    def _delivered(
-        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, outcome: Outcome
-    ) -> None:
-        rec = job.rec
-        state = DeliveryState.DELIVERED if outcome.delivered else DeliveryState.SENT
-        stage = Stage.DELIVERED if outcome.delivered else Stage.SENT
-        detail = dict(outcome.detail)
-        now = self.clock()
-        covers = []
-        if outcome.delivered and endpoint.covers_townships and not rec.purpose:
-            # A township's first cover is the one kept: later ones need not be written.
-            seen = self._covered.setdefault(rec.warning_id, set())
-            by = {"channel": rec.channel, "endpoint": endpoint.id}
-            for t in endpoint.townships:
-                if t not in seen:
-                    seen.add(t)
-                    covers.append(Cover(rec.warning_id, t, now, by))
-        self.store.record_soon(
-            # When the send began (the attempt entry has it too): an earlier receipt is refused.
-            [DeliveryUpdate(rec.id, state, n, {**detail, "sent_at": started.isoformat()})],
-            [
-                LedgerDraft(rec.warning_id, Stage.ATTEMPT, started, _entry(rec, endpoint, n)),
-                LedgerDraft(rec.warning_id, stage, now, _entry(rec, endpoint, n, detail)),
-            ],
-            covers,
-        )
-
-    def _failed_attempt(
-        self, job: _Job, endpoint: Endpoint, n: int, started: datetime, error: DeliveryError
-    ) -> None:
-        data = _entry(job.rec, endpoint, n)
-        data["error"] = error.reason
-        data["transient"] = isinstance(error, TransientDeliveryError)
-        draft = LedgerDraft(job.rec.warning_id, Stage.ATTEMPT, started, data)
-        # The attempt count is stored so a restart does not grant a fresh set of attempts.
-        detail = {"last_error": error.reason}
-        update = DeliveryUpdate(job.rec.id, DeliveryState.PENDING, n, detail)
-        self.store.record_soon([update], [draft])
-
-    def _final(self, job: _Job, attempts: int, reason: str, kind: str = "") -> None:
-        rec = job.rec
-        data: dict[str, Any] = {
-            "delivery_id": rec.id,
-            "channel": rec.channel,
-            "endpoint": rec.endpoint_id,
-            "attempts": attempts,
-            "reason": reason,
-        }
-        if kind:
-            data["error"] = kind
-        self.store.record_soon(
-            [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
-            [LedgerDraft(rec.warning_id, Stage.FAILED, self.clock(), data)],
-        )
-
-
-def _deadline(job: _Job) -> datetime:
-    """When `job` gives up: the warning's expiry; a clear or an expiry notice goes on for an hour
-    after it."""
-    grace = _CLEAR_GRACE if job.rec.purpose in AFTER_END else _NO_GRACE
-    return job.notice.expires_at + grace
-
-
-async def _clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outcome:
-    """Remove what `channel` keeps for the warning at `endpoint` (an MQTT retained message)."""
-    clear = getattr(channel, "clear", None)
-    if clear is None or len(endpoint.townships) != 1:
-        raise PermanentDeliveryError(f"{channel.name} keeps nothing to clear")
-    await clear(endpoint.townships[0], endpoint.target, warning_id)
-    return Outcome(delivered=True, detail={"cleared": True})
-
-
-def _entry(
-    rec: DeliveryRecord, endpoint: Endpoint, n: int, detail: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "delivery_id": rec.id,
-        "channel": rec.channel,
-        "endpoint": endpoint.id,
-        "attempt": n,
-    }
-    if detail:
-        data["detail"] = dict(detail)
-    return data
-
-
-async def notice_of(store: Store, stored: StoredWarning) -> Notice:
-    """The notice of a stored warning, with the sent_at of the warning it references."""
-    ref = stored.warning.get("references")
-    referenced = await store.get_warning(ref) if ref else None
-    return Notice.from_document(
-        stored.warning,
-        referenced_sent_at=referenced.warning["sent_at"] if referenced is not None else None,
-    )

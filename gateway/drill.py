@@ -24,7 +24,6 @@ import aiomqtt
 from aiohttp import ClientSession, ClientTimeout, web
 
 from gateway.app import build_app
-from gateway.channels.base import Endpoint
 from gateway.clients import Client
 from gateway.config import Settings, load_settings
 from gateway.endpoints import EndpointBook
@@ -37,6 +36,7 @@ from gateway.sinks.smtp_sink import SmtpSink
 from gateway.sinks.webhook_receiver import WebhookSink, new_secret
 from gateway.store import open_store
 from gateway.townships import Registry
+from gateway.values import Endpoint
 
 HTTP_TIMEOUT = ClientTimeout(total=30)
 SETTLE_TIMEOUT_S = 60.0

@@ -1,4 +1,4 @@
-"""The endpoint book: config/endpoints.yaml loaded into `channels.base.Endpoint`s.
+"""The endpoint book: config/endpoints.yaml loaded into `gateway.values.Endpoint`s.
 
 Township endpoints serve one township; partners (webhooks) serve districts or the whole city.
 Webhook secrets come from the environment variable each partner names, never from the file.
@@ -15,10 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.channels.base import Endpoint
 from gateway.exceptions import ConfigError
 from gateway.model import Audience
 from gateway.townships import Registry
+from gateway.values import Endpoint
 from gateway.yamlfile import load_model
 
 log = logging.getLogger("gateway.endpoints")

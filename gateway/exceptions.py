@@ -3,6 +3,10 @@
 GatewayError
 ├── ClientGone             the client closed its connection before its body arrived
 ├── ConfigError            bad or missing configuration (file, key, reason); exit code 2
+├── DeliveryError          a delivery attempt failed (`reason`); the retry policy decides
+│   ├── TransientDeliveryError   trying again may help (`retry_after` seconds when given)
+│   └── PermanentDeliveryError   trying again will not help
+│       └── EndpointGone         the endpoint asked never to be called again (HTTP 410)
 ├── RequestError           a request the gateway answers with an error body
 │   ├── InvalidWarning     400, with every field error of the body
 │   │   └── Unstorable     400, what the store cannot encode (also a ValueError); refused alone
@@ -34,6 +38,30 @@ class ConfigError(GatewayError):
     def __init__(self, file: str, key: str, reason: str) -> None:
         self.file, self.key, self.reason = file, key, reason
         super().__init__(f"{file}: {key}: {reason}")
+
+
+class DeliveryError(GatewayError):
+    """A delivery attempt failed; subclasses tell the retry policy what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientDeliveryError(DeliveryError):
+    """Trying again may succeed; wait at least `retry_after` seconds when given."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again will not help (a 4xx-like answer, a malformed address)."""
+
+
+class EndpointGone(PermanentDeliveryError):
+    """The endpoint asked never to be called again (HTTP 410): disable it."""
 
 
 @dataclass(frozen=True)

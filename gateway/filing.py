@@ -17,8 +17,8 @@ from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import Any
 
-from gateway.channels.base import LEVEL_COLOURS
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
+from gateway.values import LEVEL_COLOURS
 
 BEIJING = timezone(timedelta(hours=8), "北京时间")
 

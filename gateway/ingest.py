@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.channels.base import Notice
 from gateway.clients import Client
 from gateway.coverage import CoverageTracker
 from gateway.endpoints import EndpointBook
@@ -38,6 +37,7 @@ from gateway.store import Store, StoredWarning
 from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
 from gateway.text import scrub, unicode_errors
 from gateway.townships import Registry
+from gateway.values import Notice
 
 log = logging.getLogger("gateway.ingest")
 

@@ -17,7 +17,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from gateway.dispatcher import CLEAR, EXPIRED, Dispatcher, notice_of
+from gateway.dispatcher import Dispatcher
+from gateway.jobs import CLEAR, EXPIRED, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning

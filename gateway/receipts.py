@@ -29,10 +29,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.channels.base import Receipt
 from gateway.channels.mqtt import RECEIPT_SOURCE as MQTT_SOURCE
-from gateway.channels.sms import RECEIPT_SOURCE as SMS_SOURCE
-from gateway.channels.sms import SmsStatus, parse_callback
+from gateway.channels.sms_receipts import RECEIPT_SOURCE as SMS_SOURCE
+from gateway.channels.sms_receipts import SmsStatus, parse_callback
 from gateway.clients import Client, Scope
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import FieldError, InvalidWarning, NotFound, Refused
@@ -42,6 +41,7 @@ from gateway.store import Store
 from gateway.store.base import Cover, DeliveryRecord, DeliveryState, DeliveryUpdate
 from gateway.text import in_utc, unicode_errors
 from gateway.townships import Registry, normalise
+from gateway.values import Receipt
 
 log = logging.getLogger("gateway.receipts")
 

@@ -18,12 +18,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.channels.base import Channel, DeliveryError, Endpoint, Message, Notice
+from gateway.channels.base import Channel, Message
 from gateway.endpoints import EndpointBook
+from gateway.exceptions import DeliveryError
 from gateway.flow import DEFAULT_RECONCILE_S
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
+from gateway.values import Endpoint, Notice
 
 log = logging.getLogger("gateway.reconcile")
 

@@ -5,9 +5,8 @@ GET /v1/warnings/{id}/filing  the annex-2 form as JSON; as a printable HTML page
 GET /v1/stats                 art. 17 (环节计时) and art. 27 (效能评估) figures for warnings
                               received in [from, to), optionally only those touching `district`.
 
-`add_report_routes(app)` adds both; it is called from `gateway.api.add_routes`. The handlers
-import `gateway.api` (its AppKeys, `json_response`) when they run, not at module level, so
-`gateway.api` may import this module at its top whichever of the two is imported first.
+`add_report_routes(app)` adds both; it is called from `gateway.api.add_routes`. The AppKeys
+both modules read are in `gateway.web_keys`.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from gateway.guard import read_response, requires
 from gateway.masking import mask
 from gateway.stats_query import parse_query
 from gateway.stats_report import load_report
+from gateway.web_keys import REGISTRY, STORE
 
 HTML = "text/html"
 JSON = "application/json"
@@ -59,8 +59,6 @@ def prefers_html(accept: str | None) -> bool:
 
 @requires(Scope.READ)
 async def get_filing(request: web.Request) -> web.StreamResponse:
-    from gateway.api import STORE
-
     wid = request.match_info["id"]
     store = request.app[STORE]
     stored = await store.get_warning(wid)
@@ -77,8 +75,6 @@ async def get_filing(request: web.Request) -> web.StreamResponse:
 
 @requires(Scope.READ)
 async def get_stats(request: web.Request) -> web.StreamResponse:
-    from gateway.api import REGISTRY, STORE
-
     registry = request.app[REGISTRY]
     query = parse_query(request.query, datetime.now(UTC), registry)
     return read_response(await load_report(request.app[STORE], query, registry))

@@ -15,16 +15,13 @@ from typing import Any
 import pytest
 from aiosmtplib.email import flatten_message
 
-from gateway.channels import email as email_module
-from gateway.channels.base import (
-    Endpoint,
-    Message,
-    Notice,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
-from gateway.channels.email import TEMPLATE_CACHE, EmailChannel, compose, message_id
+from gateway.channels import email_render as email_module
+from gateway.channels.base import Message
+from gateway.channels.email import EmailChannel
+from gateway.channels.email_render import TEMPLATE_CACHE, compose, message_id
+from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
 from gateway.sinks.smtp_sink import SmtpSink
+from gateway.values import Endpoint, Notice
 from tests.processes import free_port
 from tests.smtp_server import SmtpServer, SmtpServerFactory
 from tests.smtp_server import fixture_smtp_server as fixture_smtp_server

@@ -9,27 +9,23 @@ from typing import Any
 
 import pytest
 
-from gateway.channels.base import (
-    DeliveryError,
-    Endpoint,
-    Message,
-    Notice,
-    PermanentDeliveryError,
-    Receipt,
-    TransientDeliveryError,
-    parse_retry_after,
-)
+from gateway.channels.base import Message, parse_retry_after
 from gateway.channels.sms import (
     HttpProvider,
     SmsChannel,
-    SmsStatus,
     StubProvider,
-    parse_callback,
     segments,
     sms_text,
     utf16_units,
 )
-from gateway.exceptions import InvalidWarning
+from gateway.channels.sms_receipts import SmsStatus, parse_callback
+from gateway.exceptions import (
+    DeliveryError,
+    InvalidWarning,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from gateway.values import Endpoint, Notice, Receipt
 from tests.sms_provider import SmsProviderProcess, sms_provider
 
 __all__ = ["sms_provider"]  # the fixture, imported so that pytest finds it here

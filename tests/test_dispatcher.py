@@ -10,14 +10,9 @@ from typing import ClassVar
 
 import pytest
 
-from gateway.channels.base import (
-    Channel,
-    Message,
-    Outcome,
-    RecordingChannel,
-    TransientDeliveryError,
-)
+from gateway.channels.base import Channel, Message, Outcome, RecordingChannel
 from gateway.config import load_settings
+from gateway.exceptions import TransientDeliveryError
 from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
 from gateway.policies.retry import LAST_TRY_S, RetryPolicy
 from gateway.samples import red_rainstorm_wanzhou

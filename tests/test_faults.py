@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 import aiomqtt
 import pytest
 
-from gateway.channels.base import Channel, Message, Outcome, TransientDeliveryError
+from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import load_settings
+from gateway.exceptions import TransientDeliveryError
 from gateway.flow import RateLimiter
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from gateway.api import STORE
 from gateway.config import load_settings
 from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, Stage, verify
 from gateway.store import SqliteStore, StoredWarning
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate
+from gateway.web_keys import STORE
 from tests.conftest import MakeClient
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, auth, iso, warning_body
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -37,20 +36,12 @@ from typing import Any, ClassVar, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.channels.base import (
-    Channel,
-    Endpoint,
-    Message,
-    Notice,
-    Outcome,
-    PermanentDeliveryError,
-    Receipt,
-    ReceiptSink,
-    TransientDeliveryError,
-)
+from gateway.channels.base import Channel, Message, Outcome, ReceiptSink
+from gateway.channels.mqtt_payload import JSON, payload_head, payload_key, publish_properties
+from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
+from gateway.values import Endpoint, Receipt
 
 log = logging.getLogger("gateway.channels.mqtt")
 
@@ -70,8 +61,6 @@ MAX_INFLIGHT = 20
 PAYLOAD_CACHE = 64
 """Warnings whose payload (all of it but the delivery id) a channel keeps, least recently used
 dropped first."""
-PROPERTIES_CACHE = 64
-"""Expiry values whose MQTT 5 PUBLISH properties are kept (nothing else in them varies)."""
 
 KINDS = frozenset({"display", "broadcast"})
 ACK_STATUSES = {
@@ -197,7 +186,7 @@ class MqttChannel(Channel):
         properties: Properties | None = None
         detail: dict[str, Any] = {"topic": topic, "expiry_s": None}
         if self.protocol == "5":
-            properties = _publish_properties(expiry)
+            properties = publish_properties(expiry)
             detail["expiry_s"] = expiry
         else:
             detail["expiry"] = "not set (MQTT 3.1.1 has no message expiry)"
@@ -207,16 +196,16 @@ class MqttChannel(Channel):
     def _payload(self, message: Message) -> bytes:
         """The JSON payload: the warning's part rendered once per warning, then the delivery id."""
         notice = message.notice
-        key = _payload_key(notice)
+        key = payload_key(notice)
         head = self._payload_heads.get(key)
         if head is None:
-            head = _payload_head(notice)
+            head = payload_head(notice)
             self._payload_heads[key] = head
             if len(self._payload_heads) > PAYLOAD_CACHE:
                 self._payload_heads.popitem(last=False)
         else:
             self._payload_heads.move_to_end(key)
-        return head + _JSON.encode(message.delivery_id).encode("utf-8") + b"}"
+        return head + JSON.encode(message.delivery_id).encode("utf-8") + b"}"
 
     async def clear(self, township: str, kind: str, warning_id: str) -> None:
         """Remove the retained warning from its topic (empty retained payload, QoS 1).
@@ -407,69 +396,3 @@ def _parse_at(value: object) -> datetime:
     if at.tzinfo is None:
         raise ValueError("at has no UTC offset")
     return at
-
-
-class _PackedProperties(Properties):
-    """Properties that paho packs once: it packs them again for every PUBLISH otherwise,
-    which cost more than the rest of a publish. Only for properties never modified after."""
-
-    def pack(self) -> bytes:
-        packed: bytes | None = self.__dict__.get("_packed")
-        if packed is None:
-            packed = super().pack()  # type: ignore[no-untyped-call]
-            self.__dict__["_packed"] = packed  # past paho's __setattr__, which only takes names
-        return packed
-
-
-@functools.lru_cache(maxsize=PROPERTIES_CACHE)
-def _publish_properties(expiry: int) -> Properties:
-    """MQTT 5 PUBLISH properties: expiry after `expiry` seconds, UTF-8 JSON. Shared: never
-    modify the result (paho only packs it)."""
-    properties = _PackedProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    properties.MessageExpiryInterval = expiry
-    properties.PayloadFormatIndicator = 1
-    properties.ContentType = "application/json"
-    properties.pack()  # packed now, before anyone can share it
-    return properties
-
-
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-"""Compact JSON with UTF-8 text as is: `json.dumps(..., ensure_ascii=False, separators=...)`."""
-
-
-def _payload_key(notice: Notice) -> tuple[object, ...]:
-    """Every field the payload's warning part uses; UTC offsets too, as `isoformat` shows them."""
-    return (
-        notice.id,
-        notice.msg_type,
-        notice.level,
-        notice.hazard,
-        notice.title,
-        notice.content,
-        notice.measures,
-        notice.contact_phone,
-        notice.issuer_unit,
-        notice.sent_at,
-        notice.sent_at.utcoffset(),
-        notice.expires_at,
-        notice.expires_at.utcoffset(),
-    )
-
-
-def _payload_head(notice: Notice) -> bytes:
-    """The payload's JSON object up to the value of its last key, `delivery_id`."""
-    doc = {
-        "id": notice.id,
-        "msg_type": notice.msg_type,
-        "level": notice.level,
-        "colour": notice.colour,
-        "hazard": notice.hazard,
-        "title": notice.title,
-        "content": notice.content,
-        "measures": notice.measures,
-        "contact_phone": notice.contact_phone,
-        "issuer_unit": notice.issuer_unit,
-        "sent_at": notice.sent_at.isoformat(),
-        "expires_at": notice.expires_at.isoformat(),
-    }
-    return (_JSON.encode(doc)[:-1] + ',"delivery_id":').encode("utf-8")

@@ -34,7 +34,6 @@ from aiohttp_sse import sse_response
 from multidict import MultiDictProxy
 from pydantic import ValidationError
 
-from gateway.api import RECEIPTS, REGISTRY, STORE, TRACKER
 from gateway.clients import Scope
 from gateway.console import pages, warning_html
 from gateway.console.events import Hub
@@ -46,6 +45,7 @@ from gateway.guard import AUTH
 from gateway.ingest import utc_now
 from gateway.masking import mask
 from gateway.receipts import ManualConfirmation
+from gateway.web_keys import RECEIPTS, REGISTRY, STORE, TRACKER
 
 log = logging.getLogger("gateway.console")
 

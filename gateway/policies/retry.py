@@ -18,7 +18,7 @@ from typing import cast
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from gateway.channels.base import TransientDeliveryError
+from gateway.exceptions import TransientDeliveryError
 
 DEFAULT_ATTEMPTS = 6
 DEFAULT_INITIAL_S = 1.0

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from gateway.channels.base import Endpoint
 from gateway.endpoints import EndpointBook
 from gateway.model import Warning
 from gateway.townships import Registry
+from gateway.values import Endpoint
 
 
 def delivery_id(warning_id: str, endpoint_id: str) -> str:

@@ -16,12 +16,26 @@ answer the same. The aggregate triggers are sqlite_stats.py's, in PL/pgSQL.
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import UndefinedTable
 
 from gateway.exceptions import ConfigError, StoreUnavailable
 from gateway.ledger import GENESIS
+
+CONNECT_TIMEOUT_S = 5
+"""For one new connection, and for the pool to open."""
+
+
+def masked(url: str) -> str:
+    """`url` without its password, fit for a log or an error."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
 
 UPGRADE_LOCK: Final = 0x6761_7465_7761_7901
 """pg_advisory_xact_lock key of `upgrade` ("gateway" + 1)."""
@@ -310,8 +324,6 @@ async def check(conn: AsyncConnection[Any], where: str) -> None:
 
 async def upgrade_url(url: str) -> tuple[list[int], int]:
     """`upgrade` the database at `url`: (versions applied, LATEST)."""
-    from gateway.store.postgres import CONNECT_TIMEOUT_S, masked
-
     try:
         conn = await AsyncConnection.connect(
             url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
 
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -49,6 +48,7 @@ from gateway.store.pg_rows import (
     to_entry,
     to_warning,
 )
+from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
 from gateway.store.pg_writer import MAX_BACKLOG, GroupCommit, environmental
 from gateway.store.rows import Write, prepare, scrubbed
 from gateway.text import printable
@@ -56,23 +56,12 @@ from gateway.text import printable
 log = logging.getLogger("gateway.store")
 
 POOL_SIZE = 8
-CONNECT_TIMEOUT_S = 5
-"""For one new connection, and for the pool to open."""
 POOL_TIMEOUT_S = 2.0
 """How long a caller waits for a pooled connection before the store counts as unavailable."""
 RECONNECT_S = 2.0
 """How long the pool retries a lost connection (with its backoff) before the next caller's
 demand starts afresh: a short bound keeps the backoff from outgrowing an outage."""
 LEDGER_PAGE = 1000
-
-
-def masked(url: str) -> str:
-    """`url` without its password, fit for a log or an error."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:

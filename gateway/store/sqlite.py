@@ -4,9 +4,10 @@ One writer task commits whatever is queued as one transaction (`synchronous=FULL
 commit), so concurrent ingests and delivery outcomes share one fsync. The writer alone extends
 the hash chain, which keeps the ledger strictly ordered. The write connection lives on a thread
 of its own, and a batch's statements and commit run there in one call: the event loop hands a
-batch over once instead of once per statement. Reads use a second connection (aiosqlite) and
-so never see a transaction that has not committed. The aggregates GET /v1/stats reads are
-kept by the same transactions (gateway/store/sqlite_stats.py).
+batch over once instead of once per statement. Reads use a second connection (aiosqlite,
+`sqlite_read.py`) and so never see a transaction that has not committed. The aggregates
+GET /v1/stats reads are kept by the same transactions (gateway/store/sqlite_stats.py); the
+tables are in `sqlite_schema.py`.
 
 Isolation: a write's rows and ledger data are encoded and checked when it is submitted, before
 it joins a batch, so one that cannot be stored is refused alone (`Unstorable` to its caller);
@@ -17,37 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import aiosqlite
 
 from gateway.exceptions import StoreUnavailable, Unstorable
-from gateway.ledger import (
-    GENESIS,
-    LedgerDraft,
-    LedgerEntry,
-    entry_hash,
-    timestamp,
-)
-from gateway.store import sqlite_stats, sqlite_stats_read
+from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
+from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
     Cover,
     CoverageRow,
     DeliveryRecord,
     DeliveryUpdate,
-    StatsFigures,
     StoredWarning,
 )
 from gateway.store.rows import Rows, Write, ledger_data, prepare, scrubbed
+from gateway.store.sqlite_read import SqliteReads
+from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
@@ -56,71 +51,10 @@ _T = TypeVar("_T")
 MAX_BATCH = 256
 MAX_BACKLOG = 2 * MAX_BATCH
 """Queued writes beyond which `lagging` asks producers of outcomes to wait for the disk."""
-BUSY_TIMEOUT_MS = 10_000
-LEDGER_PAGE = 1000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS warnings (
-    id TEXT PRIMARY KEY,
-    body_hash TEXT NOT NULL,
-    warning TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    state TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    authorization TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY,
-    warning_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    at TEXT NOT NULL,
-    data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_by_warning ON ledger (warning_id, seq);
-CREATE INDEX IF NOT EXISTS warnings_by_received ON warnings (received_at);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    warning_id TEXT NOT NULL,
-    endpoint_id TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    level INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    detail TEXT NOT NULL,
-    receipt TEXT,
-    purpose TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_warning ON deliveries (warning_id);
-CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (state);
-CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS disabled_endpoints (
-    endpoint_id TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS coverage (
-    warning_id TEXT NOT NULL,
-    township TEXT NOT NULL,
-    blind_spot INTEGER NOT NULL,
-    covered_at TEXT,
-    covered_by TEXT,
-    escalated_at TEXT,
-    PRIMARY KEY (warning_id, township)
-) WITHOUT ROWID;
-"""
-
-_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
-    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
-)
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 """Backoff bounds of kept outcomes while the store cannot write (a full disk, say)."""
-_WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
 
 
 def _environmental(exc: BaseException) -> bool:
@@ -128,39 +62,7 @@ def _environmental(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
 
 
-def _to_warning(row: Sequence[Any]) -> StoredWarning:
-    return StoredWarning(
-        id=row[0],
-        body_hash=row[1],
-        warning=json.loads(row[2]),
-        answer=json.loads(row[3]),
-        state=row[4],
-        received_at=datetime.fromisoformat(row[5]),
-        expires_at=datetime.fromisoformat(row[6]),
-        authorization=json.loads(row[7]),
-    )
-
-
-def _to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        warning_id=row[1],
-        endpoint_id=row[2],
-        channel=row[3],
-        level=row[4],
-        state=row[5],
-        attempts=row[6],
-        detail=json.loads(row[7]),
-        receipt=json.loads(row[8]) if row[8] else None,
-        purpose=row[9],
-    )
-
-
-def _to_entry(row: aiosqlite.Row) -> LedgerEntry:
-    return LedgerEntry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
-
-
-class SqliteStore:
+class SqliteStore(SqliteReads):
     """The embedded store; see the module docstring for how writes are batched."""
 
     def __init__(self, path: Path) -> None:
@@ -183,7 +85,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._in_thread(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in _PRAGMAS:
+        for pragma in PRAGMAS:
             await self._r.execute(pragma)
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
         return self
@@ -208,9 +110,9 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
+        for pragma in PRAGMAS:
             conn.execute(pragma)
-        conn.executescript(_SCHEMA)
+        conn.executescript(SCHEMA)
         sqlite_stats.create(conn)
         last = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         if last is not None:
@@ -442,8 +344,8 @@ class SqliteStore:
     def _known(self, ids: list[str]) -> dict[str, StoredWarning]:
         """The stored warnings among `ids` (on the writer thread)."""
         assert self._w is not None
-        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id IN ({','.join('?' * len(ids))})"
-        return {row[0]: _to_warning(row) for row in self._w.execute(sql, ids)}
+        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id IN ({','.join('?' * len(ids))})"
+        return {row[0]: to_warning(row) for row in self._w.execute(sql, ids)}
 
     def _execute(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
         """Run `statements` as one transaction (on the writer thread)."""
@@ -459,50 +361,6 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    # -- reads -------------------------------------------------------------------------------
-
-    async def get_warning(self, warning_id: str) -> StoredWarning | None:
-        assert self._r is not None
-        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id = ?"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            row = await cur.fetchone()
-        return _to_warning(row) if row is not None else None
-
-    async def entries_for(self, warning_id: str) -> list[LedgerEntry]:
-        assert self._r is not None
-        sql = "SELECT * FROM ledger WHERE warning_id = ? ORDER BY seq"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            return [_to_entry(row) async for row in cur]
-
-    async def ledger(self) -> AsyncIterator[LedgerEntry]:
-        """Every entry in order, read page by page."""
-        assert self._r is not None
-        after = 0
-        while True:
-            sql = "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"
-            async with self._r.execute(sql, (after, LEDGER_PAGE)) as cur:
-                rows = list(await cur.fetchall())
-            for row in rows:
-                yield _to_entry(row)
-            if len(rows) < LEDGER_PAGE:
-                return
-            after = int(rows[-1][0])
-
-    async def unfinished(self) -> list[DeliveryRecord]:
-        return await self._deliveries("state = 'pending' ORDER BY level, rowid", ())
-
-    async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
-        return await self._deliveries("warning_id = ? ORDER BY rowid", (warning_id,))
-
-    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        found = await self._deliveries("id = ?", (delivery_id,))
-        return found[0] if found else None
-
-    async def _deliveries(self, where: str, args: tuple[object, ...]) -> list[DeliveryRecord]:
-        assert self._r is not None
-        async with self._r.execute(f"SELECT * FROM deliveries WHERE {where}", args) as cur:
-            return [_to_delivery(row) for row in await cur.fetchall()]
-
     async def retire(
         self,
         warning_id: str,
@@ -511,59 +369,6 @@ class SqliteStore:
         deliveries: Sequence[DeliveryRecord] = (),
     ) -> None:
         await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
-
-    async def coverage_for(self, warning_id: str) -> list[CoverageRow]:
-        assert self._r is not None
-        sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            rows = await cur.fetchall()
-        return [
-            CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
-            for r in rows
-        ]
-
-    async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
-        assert self._r is not None
-        sql = (
-            "SELECT purpose, channel, state, count(*) FROM deliveries WHERE warning_id = ? "
-            "GROUP BY purpose, channel, state"
-        )
-        async with self._r.execute(sql, (warning_id,)) as cur:
-            return [(r[0], r[1], r[2], int(r[3])) for r in await cur.fetchall()]
-
-    async def warnings_received(self, start: datetime, end: datetime) -> list[StoredWarning]:
-        assert self._r is not None
-        # received_at is always stored in UTC with one format, so text order is time order.
-        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
-        sql = (
-            f"SELECT {_WARNING_COLUMNS} FROM warnings "
-            "WHERE received_at >= ? AND received_at < ? ORDER BY received_at"
-        )
-        async with self._r.execute(sql, (lo, hi)) as cur:
-            return [_to_warning(r) for r in await cur.fetchall()]
-
-    async def stats(
-        self, start: datetime, end: datetime, district: str | None, listed: int
-    ) -> StatsFigures:
-        assert self._r is not None
-        lo, hi = timestamp(start.astimezone(UTC)), timestamp(end.astimezone(UTC))
-        return await sqlite_stats_read.read(self._r, lo, hi, district, listed)
-
-    async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
-        assert self._r is not None
-        # expires_at keeps its sender's offset; julianday() compares it as a time.
-        sql = (
-            f"SELECT {_WARNING_COLUMNS} FROM warnings "
-            "WHERE julianday(expires_at) > julianday(?) ORDER BY received_at"
-        )
-        async with self._r.execute(sql, (timestamp(now.astimezone(UTC)),)) as cur:
-            return [_to_warning(r) for r in await cur.fetchall()]
-
-    async def active_warnings(self) -> list[StoredWarning]:
-        assert self._r is not None
-        sql = f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
-        async with self._r.execute(sql) as cur:
-            return [_to_warning(r) for r in await cur.fetchall()]
 
     async def ping(self) -> None:
         assert self._r is not None
@@ -584,11 +389,6 @@ class SqliteStore:
         sql = "DELETE FROM disabled_endpoints WHERE endpoint_id = ?"
         await self._direct([(sql, [(endpoint_id,)])])
         return was
-
-    async def disabled_endpoints(self) -> dict[str, str]:
-        assert self._r is not None
-        async with self._r.execute("SELECT endpoint_id, reason FROM disabled_endpoints") as cur:
-            return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     async def _direct(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
         """A small write outside the ledger's group commit, on the writer thread."""

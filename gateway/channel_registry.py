@@ -1,6 +1,7 @@
 """The channels the gateway knows, registered explicitly, built from settings.
 
 Adding a channel: its module in gateway/channels/, a builder here, its settings in config.py.
+This module is outside channels/ because it reads the settings: adapters import no config.
 """
 
 from __future__ import annotations
