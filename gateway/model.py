@@ -16,6 +16,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -27,7 +28,7 @@ from pydantic import (
 
 from gateway.exceptions import FieldError, InvalidWarning
 from gateway.release_list import Category
-from gateway.text import in_utc, no_controls, one_line, visible
+from gateway.text import in_utc, no_controls, one_line, unix_newlines, visible
 from gateway.townships import Registry, normalise
 from gateway.yamlfile import dotted
 
@@ -61,6 +62,7 @@ class Limits:
 OneLine = Annotated[str, AfterValidator(one_line)]
 Text = Annotated[
     str,
+    BeforeValidator(unix_newlines),
     Field(min_length=1, max_length=MAX_TEXT),
     AfterValidator(no_controls),
     AfterValidator(visible),
@@ -199,6 +201,7 @@ class Warning(_Strict):
     ]
     content: Annotated[
         str,
+        BeforeValidator(unix_newlines),
         Field(min_length=1, max_length=MAX_CONTENT),
         AfterValidator(no_controls),
         AfterValidator(visible),

@@ -92,6 +92,14 @@ def one_line(text: str) -> str:
     return text
 
 
+def unix_newlines(value: object) -> object:
+    """CRLF and lone CR as LF in multi-line text: a platform on Windows sends CRLF, and a
+    warning must not be refused for its line endings."""
+    if isinstance(value, str) and "\r" in value:
+        return value.replace("\r\n", "\n").replace("\r", "\n")
+    return value
+
+
 def no_controls(text: str) -> str:
     """`text` if its only control characters (C0, DEL, C1) are LF and tab; else ValueError.
     For multi-line text: content, measures, development."""

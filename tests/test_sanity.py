@@ -69,7 +69,6 @@ BAD_WARNINGS = [
     # Other text: no C0/C1 controls but LF and tab.
     pytest.param(lambda now: {"content": "暴雨\x00预警"}, "content", id="content-nul"),
     pytest.param(lambda now: {"content": "暴雨\x1b[31m预警"}, "content", id="content-escape"),
-    pytest.param(lambda now: {"content": "暴雨\r预警"}, "content", id="content-cr"),
     pytest.param(lambda now: {"measures": "\x9b预警"}, "measures", id="measures-c1"),
     pytest.param(
         lambda now: {"issuer": {"unit": "气象\n台", "role": "重庆气象局"}},
@@ -151,6 +150,7 @@ async def test_bad_warning_is_400_naming_the_field(
         pytest.param(lambda now: {"title": "\u202b暴雨预警\u202c"}, id="title-bidi-around-text"),
         pytest.param(lambda now: {"content": "第一行\n\t第二行"}, id="content-lf-tab"),
         pytest.param(lambda now: {"content": "暴雨\u2028预警"}, id="content-u2028"),
+        pytest.param(lambda now: {"content": "第一行\r\n第二行\r第三行"}, id="content-crlf"),
         pytest.param(
             lambda now: {
                 "sent_at": iso(now - timedelta(minutes=59)),
@@ -173,6 +173,16 @@ async def test_sane_edge_values_are_accepted(api: GatewayClient, change: Change)
         "/v1/warnings", json=warning_body(**change(datetime.now(UTC))), headers=auth()
     )
     assert resp.status == 202, await resp.json()
+
+
+async def test_crlf_line_endings_are_stored_as_lf(api: GatewayClient) -> None:
+    """A platform on Windows sends CRLF: the warning goes out, its lines as LF (an email or
+    SMS body never carries a bare CR)."""
+    body = warning_body(content="第一行\r\n第二行\r第三行", measures="一\r\n二")
+    assert (await api.post("/v1/warnings", json=body, headers=auth())).status == 202
+    resp = await api.get(f"/v1/warnings/{body['id']}", headers=auth())
+    stored = (await resp.json())["warning"]
+    assert (stored["content"], stored["measures"]) == ("第一行\n第二行\n第三行", "一\n二")
 
 
 async def test_a_replay_answers_200_after_its_sent_at_left_the_window(
