@@ -128,7 +128,7 @@ def test_entry_hash_quotes_every_text_as_canonical_json(text: str) -> None:
 async def test_record_soon_writes_are_durable_and_a_backlog_makes_producers_wait(
     tmp_path: Path,
 ) -> None:
-    from gateway.store.sqlite import MAX_BACKLOG
+    from gateway.store.write_queue import MAX_BACKLOG
 
     path = tmp_path / "s.db"
     count = MAX_BACKLOG + 10

@@ -24,11 +24,10 @@ from gateway.ledger import LedgerDraft
 from gateway.store import pg_write
 from gateway.store.base import StoredWarning
 from gateway.store.rows import Write
+from gateway.store.write_queue import MAX_BATCH
 
 log = logging.getLogger("gateway.store")
 
-MAX_BATCH = 256
-MAX_BACKLOG = 2 * MAX_BATCH
 """Queued writes beyond which `lagging` asks producers of outcomes to wait."""
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0

@@ -26,15 +26,13 @@ from typing import Any, Self
 
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.exceptions import StoreUnavailable, Unstorable
-from gateway.ledger import LedgerDraft, LedgerEntry, timestamp
+from gateway.exceptions import StoreUnavailable
+from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import pg_schema, pg_stats_read, pg_write
 from gateway.store.base import (
     CommitListener,
-    Cover,
     CoverageRow,
     DeliveryRecord,
-    DeliveryUpdate,
     StatsFigures,
     StoredWarning,
 )
@@ -49,8 +47,9 @@ from gateway.store.pg_rows import (
     to_warning,
 )
 from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
-from gateway.store.pg_writer import MAX_BACKLOG, GroupCommit, environmental
-from gateway.store.rows import Write, prepare, scrubbed
+from gateway.store.pg_writer import GroupCommit, environmental
+from gateway.store.rows import Write, prepare
+from gateway.store.write_queue import WriteQueue
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
@@ -79,7 +78,7 @@ def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:
     )
 
 
-class PostgresStore:
+class PostgresStore(WriteQueue):
     """The shared store; see the module docstring."""
 
     def __init__(self, url: str) -> None:
@@ -116,103 +115,16 @@ class PostgresStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def accept(
-        self,
-        warning: StoredWarning,
-        entries: Sequence[LedgerDraft],
-        deliveries: Sequence[DeliveryRecord] = (),
-        coverage: Sequence[CoverageRow] = (),
-        retire: tuple[str, str] | None = None,
-        escalated: tuple[Sequence[str], datetime] | None = None,
-    ) -> tuple[StoredWarning, bool]:
-        write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
-        if escalated is not None:
-            write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
-        result = await self._submit(write)
-        assert result is not None
-        return result
-
-    async def retire(
-        self,
-        warning_id: str,
-        state: str,
-        entries: Sequence[LedgerDraft],
-        deliveries: Sequence[DeliveryRecord] = (),
-    ) -> None:
-        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
-
-    async def append(self, entries: Sequence[LedgerDraft]) -> None:
-        if entries:
-            await self._submit(Write(entries))
-
-    async def record(
-        self,
-        updates: Sequence[DeliveryUpdate],
-        entries: Sequence[LedgerDraft],
-        covers: Sequence[Cover] = (),
-    ) -> None:
-        if updates or entries or covers:
-            await self._submit(Write(entries, updates=updates, covers=covers))
-
-    def record_soon(
-        self,
-        updates: Sequence[DeliveryUpdate],
-        entries: Sequence[LedgerDraft],
-        covers: Sequence[Cover] = (),
-    ) -> None:
-        self._check_open()
-        write = Write(entries, updates=updates, covers=covers)
-        try:
-            self._prepare(write)
-        except Unstorable as exc:
-            # An outcome is not lost over a diagnostic text: stored with that text escaped.
-            log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
-            try:
-                write = self._prepare(scrubbed(write))
-            except Unstorable:
-                log.exception("an outcome cannot be stored; its delivery resumes on restart")
-                return
-        self._queue.put_nowait(write)
-
-    async def escalate(
-        self,
-        warning_id: str,
-        townships: Sequence[str],
-        at: datetime,
-        deliveries: Sequence[DeliveryRecord],
-        entries: Sequence[LedgerDraft],
-    ) -> None:
-        escalated = (warning_id, townships, timestamp(at))
-        await self._submit(Write(entries, deliveries=deliveries, escalated=escalated))
-
     def on_commit(self, listener: CommitListener) -> None:
         self._commits.listeners.append(listener)
 
-    def lagging(self) -> bool:
-        return self._queue.qsize() > MAX_BACKLOG
+    def _batch_done(self) -> asyncio.Event:
+        return self._commits.committed
 
-    async def caught_up(self) -> None:
-        while self._queue.qsize() > MAX_BACKLOG // 2:
-            self._check_open()
-            self._commits.committed.clear()
-            await self._commits.committed.wait()
-
-    def _check_open(self) -> None:
-        if self._writer is None or self._writer.done():
-            raise RuntimeError("the store is not open")
-
-    @staticmethod
-    def _prepare(write: Write) -> Write:
+    def _prepare(self, write: Write) -> Write:
         prepare(write)
         pg_write.check_text(write)
         return write
-
-    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
-        self._check_open()
-        self._prepare(write)  # raises to this caller alone
-        write.done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(write)
-        return await write.done
 
     # -- reads and small writes --------------------------------------------------------------
 

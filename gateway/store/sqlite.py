@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,28 +29,21 @@ from typing import Self, TypeVar
 
 import aiosqlite
 
-from gateway.exceptions import StoreUnavailable, Unstorable
+from gateway.exceptions import StoreUnavailable
 from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
-    Cover,
-    CoverageRow,
-    DeliveryRecord,
-    DeliveryUpdate,
     StoredWarning,
 )
-from gateway.store.rows import Rows, Write, ledger_data, prepare, scrubbed
+from gateway.store.rows import Rows, Write, ledger_data
 from gateway.store.sqlite_read import SqliteReads
 from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
+from gateway.store.write_queue import MAX_BATCH, WriteQueue
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
-
-MAX_BATCH = 256
-MAX_BACKLOG = 2 * MAX_BATCH
-"""Queued writes beyond which `lagging` asks producers of outcomes to wait for the disk."""
 
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
@@ -62,7 +55,7 @@ def _environmental(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
 
 
-class SqliteStore(SqliteReads):
+class SqliteStore(WriteQueue, SqliteReads):
     """The embedded store; see the module docstring for how writes are batched."""
 
     def __init__(self, path: Path) -> None:
@@ -121,71 +114,6 @@ class SqliteStore(SqliteReads):
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def accept(
-        self,
-        warning: StoredWarning,
-        entries: Sequence[LedgerDraft],
-        deliveries: Sequence[DeliveryRecord] = (),
-        coverage: Sequence[CoverageRow] = (),
-        retire: tuple[str, str] | None = None,
-        escalated: tuple[Sequence[str], datetime] | None = None,
-    ) -> tuple[StoredWarning, bool]:
-        write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
-        if escalated is not None:  # blind spots escalated at once (art. 20), with the warning
-            write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
-        result = await self._submit(write)
-        assert result is not None
-        return result
-
-    async def append(self, entries: Sequence[LedgerDraft]) -> None:
-        if entries:
-            await self._submit(Write(entries))
-
-    async def record(
-        self,
-        updates: Sequence[DeliveryUpdate],
-        entries: Sequence[LedgerDraft],
-        covers: Sequence[Cover] = (),
-    ) -> None:
-        if updates or entries or covers:
-            await self._submit(Write(entries, updates=updates, covers=covers))
-
-    def record_soon(
-        self,
-        updates: Sequence[DeliveryUpdate],
-        entries: Sequence[LedgerDraft],
-        covers: Sequence[Cover] = (),
-    ) -> None:
-        self._check_open()
-        write = Write(entries, updates=updates, covers=covers)
-        try:
-            prepare(write)
-        except Unstorable as exc:
-            # An outcome is not lost over a diagnostic text: stored with that text escaped.
-            log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
-            try:
-                write = prepare(scrubbed(write))
-            except Unstorable:
-                log.exception("an outcome cannot be stored; its delivery resumes on restart")
-                return
-        self._queue.put_nowait(write)
-
-    async def escalate(
-        self,
-        warning_id: str,
-        townships: Sequence[str],
-        at: datetime,
-        deliveries: Sequence[DeliveryRecord],
-        entries: Sequence[LedgerDraft],
-    ) -> None:
-        write = Write(
-            entries, deliveries=deliveries, escalated=(warning_id, townships, timestamp(at))
-        )
-        await self._submit(write)
-
-    def lagging(self) -> bool:
-        return self._queue.qsize() > MAX_BACKLOG
-
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
@@ -196,22 +124,8 @@ class SqliteStore(SqliteReads):
             except Exception:  # an observer must never fail the writer
                 log.exception("a commit listener failed")
 
-    async def caught_up(self) -> None:
-        while self._queue.qsize() > MAX_BACKLOG // 2:
-            self._check_open()
-            self._committed.clear()
-            await self._committed.wait()
-
-    def _check_open(self) -> None:
-        if self._writer is None or self._writer.done():
-            raise RuntimeError("the store is not open")
-
-    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
-        self._check_open()
-        prepare(write)  # raises to this caller alone
-        write.done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(write)
-        return await write.done
+    def _batch_done(self) -> asyncio.Event:
+        return self._committed
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -360,15 +274,6 @@ class SqliteStore(SqliteReads):
             if conn.in_transaction:  # SQLite may have rolled back already (disk full)
                 conn.execute("ROLLBACK")
             raise
-
-    async def retire(
-        self,
-        warning_id: str,
-        state: str,
-        entries: Sequence[LedgerDraft],
-        deliveries: Sequence[DeliveryRecord] = (),
-    ) -> None:
-        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
 
     async def ping(self) -> None:
         assert self._r is not None

@@ -1,0 +1,132 @@
+"""The write side both stores share: each Store write becomes a `Write` (rows.py), checked
+and encoded by `prepare` before it joins the writer's queue (so one that cannot be stored is
+refused to its caller alone), then committed by the store's own group-commit task.
+
+A store subclasses `WriteQueue`, sets `_queue` and `_writer` when it opens, and says which event
+its writer sets after each batch (`_batch_done`); it may add checks to `_prepare`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from gateway.exceptions import Unstorable
+from gateway.ledger import LedgerDraft, timestamp
+from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
+from gateway.store.rows import Write, prepare, scrubbed
+
+log = logging.getLogger("gateway.store")
+
+MAX_BATCH = 256
+"""Writes committed in one transaction at most."""
+MAX_BACKLOG = 2 * MAX_BATCH
+"""Queued writes beyond which producers of outcomes are asked to wait (`lagging`)."""
+
+
+class WriteQueue:
+    """accept, retire, append, record, record_soon, escalate, lagging, caught_up of the Store
+    protocol, over the store's queue of writes."""
+
+    _queue: asyncio.Queue[Write | None]
+    _writer: asyncio.Task[None] | None
+
+    def _batch_done(self) -> asyncio.Event:
+        """The event the writer sets after every batch."""
+        raise NotImplementedError
+
+    def _prepare(self, write: Write) -> Write:
+        """`write` checked and encoded; Unstorable when it cannot be stored."""
+        return prepare(write)
+
+    async def accept(
+        self,
+        warning: StoredWarning,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+        coverage: Sequence[CoverageRow] = (),
+        retire: tuple[str, str] | None = None,
+        escalated: tuple[Sequence[str], datetime] | None = None,
+    ) -> tuple[StoredWarning, bool]:
+        write = Write(entries, warning, deliveries, coverage=coverage, retire=retire)
+        if escalated is not None:  # blind spots escalated at once (art. 20), with the warning
+            write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
+        result = await self._submit(write)
+        assert result is not None
+        return result
+
+    async def retire(
+        self,
+        warning_id: str,
+        state: str,
+        entries: Sequence[LedgerDraft],
+        deliveries: Sequence[DeliveryRecord] = (),
+    ) -> None:
+        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+
+    async def append(self, entries: Sequence[LedgerDraft]) -> None:
+        if entries:
+            await self._submit(Write(entries))
+
+    async def record(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        if updates or entries or covers:
+            await self._submit(Write(entries, updates=updates, covers=covers))
+
+    def record_soon(
+        self,
+        updates: Sequence[DeliveryUpdate],
+        entries: Sequence[LedgerDraft],
+        covers: Sequence[Cover] = (),
+    ) -> None:
+        self._check_open()
+        write = Write(entries, updates=updates, covers=covers)
+        try:
+            self._prepare(write)
+        except Unstorable as exc:
+            # An outcome is not lost over a diagnostic text: stored with that text escaped.
+            log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
+            try:
+                write = self._prepare(scrubbed(write))
+            except Unstorable:
+                log.exception("an outcome cannot be stored; its delivery resumes on restart")
+                return
+        self._queue.put_nowait(write)
+
+    async def escalate(
+        self,
+        warning_id: str,
+        townships: Sequence[str],
+        at: datetime,
+        deliveries: Sequence[DeliveryRecord],
+        entries: Sequence[LedgerDraft],
+    ) -> None:
+        escalated = (warning_id, townships, timestamp(at))
+        await self._submit(Write(entries, deliveries=deliveries, escalated=escalated))
+
+    def lagging(self) -> bool:
+        return self._queue.qsize() > MAX_BACKLOG
+
+    async def caught_up(self) -> None:
+        done = self._batch_done()
+        while self._queue.qsize() > MAX_BACKLOG // 2:
+            self._check_open()
+            done.clear()
+            await done.wait()
+
+    def _check_open(self) -> None:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("the store is not open")
+
+    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
+        self._check_open()
+        self._prepare(write)  # raises to this caller alone
+        write.done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(write)
+        return await write.done
