@@ -171,6 +171,22 @@ class CoverageSettings(BaseModel):
         return {**DEFAULT_DEADLINES_S, **{int(k): v for k, v in self.deadlines_s.items()}}
 
 
+DEFAULT_CLAIM_IDLE_S = 15.0
+DEFAULT_SWEEP_S = 5.0
+
+
+class RedisSettings(BaseModel):
+    """Coordination of several processes (design.md "Storage and several processes"): needed
+    with a PostgreSQL store, unused with SQLite. A delivery claimed by a process that has not
+    renewed its lease for `claim_idle_s` is taken over by another; every `sweep_s` one process
+    queues again the pending deliveries that have no live queue entry (Redis lost them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(default=None, description="redis://host:port/db")
+    claim_idle_s: float = Field(default=DEFAULT_CLAIM_IDLE_S, ge=1, le=3600)
+    sweep_s: float = Field(default=DEFAULT_SWEEP_S, gt=0, le=3600)
+
+
 class _GatewayFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str = DEFAULT_LISTEN
@@ -182,6 +198,7 @@ class _GatewayFile(BaseModel):
     coverage: CoverageSettings = CoverageSettings()
     metrics: MetricsSettings = MetricsSettings()
     http: HttpSettings = HttpSettings()
+    redis: RedisSettings = RedisSettings()
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     """The time window of a new warning (`ingest.sent_window_s`, `ingest.max_validity_days`)."""
     http: HttpSettings = field(default_factory=HttpSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    """Set (with a url) exactly when the store is PostgreSQL."""
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from; webhook secrets are looked up in it."""
@@ -282,13 +301,41 @@ def _masked(url: str) -> str:
 
 def check_url(value: str, scheme: str, source: str, key: str) -> str:
     parts = urlsplit(value)
+    shown = _masked(value)
     if parts.scheme not in (scheme, scheme + "s") or not parts.hostname:
-        raise ConfigError(source, key, f"{value!r} is not {scheme}://host:port")
+        raise ConfigError(source, key, f"{shown!r} is not {scheme}://host:port")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ConfigError(source, key, f"{value!r} has a bad port") from exc
+        raise ConfigError(source, key, f"{shown!r} has a bad port") from exc
     return value
+
+
+def _redis(path: Path, redis: RedisSettings, store: str, env: Mapping[str, str]) -> RedisSettings:
+    """`redis` with GATEWAY_REDIS_URL applied; a ConfigError when the store is PostgreSQL and
+    no Redis is named (several processes on one database without it would each send every
+    delivery), or when Redis is named for SQLite (one process: nothing to coordinate)."""
+    url, source, key = redis.url, str(path), "redis.url"
+    if env.get("GATEWAY_REDIS_URL"):
+        url, source, key = env["GATEWAY_REDIS_URL"], "environment", "GATEWAY_REDIS_URL"
+    if url is not None:
+        url = check_url(url, "redis", source, key)
+    postgres = store.startswith(("postgresql://", "postgres://"))
+    if postgres and url is None:
+        raise ConfigError(
+            source,
+            key,
+            "a postgresql:// store needs Redis to coordinate the gateways that share it: "
+            "set GATEWAY_REDIS_URL=redis://host:port/db (or redis.url in gateway.yaml)",
+        )
+    if not postgres and url is not None:
+        raise ConfigError(
+            source,
+            key,
+            "Redis coordinates several gateways on one PostgreSQL store; the SQLite store "
+            "serves one process: unset it, or set GATEWAY_STORE=postgresql://...",
+        )
+    return redis.model_copy(update={"url": url})
 
 
 def _clients(
@@ -342,6 +389,7 @@ def load_settings(
     if env.get("GATEWAY_STORE"):
         store = check_store_url(env["GATEWAY_STORE"], "environment", "GATEWAY_STORE")
 
+    redis = _redis(path, data.redis, store, env)
     channels = data.channels
     mqtt_url = check_url(channels.mqtt.url, "mqtt", str(path), "channels.mqtt.url")
     smtp_url = check_url(channels.email.url, "smtp", str(path), "channels.email.url")
@@ -380,6 +428,7 @@ def load_settings(
         metrics=data.metrics,
         limits=data.ingest.limits(),
         http=data.http,
+        redis=redis,
         secrets=secrets,
         env=dict(env),
     )

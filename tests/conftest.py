@@ -16,6 +16,7 @@ from gateway.app import build_app
 from gateway.config import REPO_CONFIG, Settings, load_settings
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, token_env
 from tests.mqtt_broker import mosquitto_fixture
+from tests.redis_server import own_redis, redis_server, redis_url
 from tests.sms_provider import sms_provider
 from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
 from tests.store_servers import own_pg_cluster, pg_cluster, pg_url
@@ -28,8 +29,11 @@ __all__ = [
     "fixture_webhook_receivers",
     "mosquitto_fixture",
     "own_pg_cluster",
+    "own_redis",
     "pg_cluster",
     "pg_url",
+    "redis_server",
+    "redis_url",
     "sms_provider",
 ]
 

@@ -150,3 +150,47 @@ def test_store_urls(url: str, ok: bool) -> None:
     with pytest.raises(ConfigError) as info:
         check_store_url(url, "environment", "GATEWAY_STORE")
     assert "pw" not in info.value.reason  # a password is never echoed
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param(
+            {"GATEWAY_STORE": "postgresql://gw@127.0.0.1:5432/gw"},
+            "needs Redis",
+            id="postgresql-without-redis",
+        ),
+        pytest.param(
+            {"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"},
+            "SQLite store serves one process",
+            id="redis-with-sqlite",
+        ),
+        pytest.param(
+            {
+                "GATEWAY_STORE": "postgresql://gw@127.0.0.1:5432/gw",
+                "GATEWAY_REDIS_URL": "http://:secret@127.0.0.1:6379/0",
+            },
+            "is not redis://host:port",
+            id="redis-bad-scheme",
+        ),
+    ],
+)
+def test_redis_is_required_exactly_with_postgresql(env: dict[str, str], message: str) -> None:
+    """design.md "Storage and several processes": with postgresql:// Redis coordinates the
+    processes; its absence is a start-up error, as is Redis for the one-process SQLite store."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(REPO_CONFIG, {**env, "GATEWAY_TOKEN_PLATFORM": "s3cret"})
+    assert info.value.key.endswith(("GATEWAY_REDIS_URL", "redis.url"))
+    assert message in info.value.reason
+    assert "secret" not in str(info.value)  # a password is never echoed
+
+
+def test_redis_url_and_claim_idle_from_the_environment() -> None:
+    env = {
+        "GATEWAY_STORE": "postgresql://gw@127.0.0.1:5432/gw",
+        "GATEWAY_REDIS_URL": "redis://127.0.0.1:6390/3",
+        "GATEWAY_TOKEN_PLATFORM": "s3cret",
+    }
+    s = load_settings(REPO_CONFIG, env)
+    assert s.redis.url == "redis://127.0.0.1:6390/3"
+    assert s.redis.claim_idle_s == 15.0  # issue 11's default

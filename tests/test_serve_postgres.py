@@ -14,10 +14,15 @@ from tests.test_store_faults import http, wait_all_delivered
 
 
 def test_serve_on_postgresql_after_db_upgrade(
-    pg_cluster: PgCluster, config_dir: Path, env: dict[str, str], tmp_path: Path
+    pg_cluster: PgCluster, redis_url: str, config_dir: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     url = pg_cluster.create_database("serve", template=None)
-    gw_env = {**env, "GATEWAY_CONFIG": str(config_dir), "GATEWAY_STORE": url}
+    gw_env = {
+        **env,
+        "GATEWAY_CONFIG": str(config_dir),
+        "GATEWAY_STORE": url,
+        "GATEWAY_REDIS_URL": redis_url,
+    }
     gw = GatewayProcess(gw_env, tmp_path)
     refused = subprocess.run(
         gateway_cmd("serve"), env=gw.env, cwd=tmp_path, capture_output=True, text=True, timeout=60

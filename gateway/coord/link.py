@@ -1,0 +1,58 @@
+"""One process's link to the coordinating Redis: a client and the key namespace of its
+deployment.
+
+Every key and channel of a deployment lives under one namespace, `gw:{deployment}`, where the
+deployment is the identity of the PostgreSQL database the processes share (written there by
+`gateway db upgrade`): gateways on one database coordinate whatever URL they reach Redis by,
+and gateways of other databases on the same Redis never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from types import TracebackType
+from typing import Self
+
+import redis.asyncio as aioredis
+
+SOCKET_TIMEOUT_S = 5.0
+"""A Redis call that gets no answer within this fails (and is retried by its caller)."""
+
+
+def process_name() -> str:
+    """This process's consumer name: host, pid and a random part (a restarted process with a
+    reused pid is a new consumer, so it cannot take over its predecessor's claims unseen)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RedisLink:
+    """A redis.asyncio client (bytes in, bytes out) and the deployment's namespace; an async
+    context manager that closes the client's connections."""
+
+    def __init__(self, url: str, deployment: str, *, name: str | None = None) -> None:
+        self.url = url
+        self.namespace = f"gw:{deployment}"
+        self.name = name or process_name()
+        self.client: aioredis.Redis = aioredis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+        )
+
+    def key(self, *parts: str) -> str:
+        """`gw:{deployment}:part:part...`."""
+        return ":".join((self.namespace, *parts))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.client.aclose()
