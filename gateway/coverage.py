@@ -140,8 +140,9 @@ class CoverageTracker:
         notice = Notice.from_document(stored.warning)
         now = self.clock()
         deliveries, entries = self.plan(stored.id, notice.level, townships, reason, now)
-        await self.store.escalate(stored.id, townships, now, deliveries, entries)
-        await self.dispatch(notice, deliveries)
+        # Another process may have escalated some first: only what this call stored goes.
+        stored_now = await self.store.escalate(stored.id, townships, now, deliveries, entries)
+        await self.dispatch(notice, stored_now)
 
     def plan(
         self, warning_id: str, level: int, townships: Sequence[str], reason: str, now: datetime

@@ -121,8 +121,10 @@ class Lifecycle:
         if state == "expired":  # partners hear of it; a cancel is a warning of its own
             clears += expiry_notices(stored.id, deliveries)
         entry = LedgerDraft(stored.id, stage, self.clock(), data)
-        await self.store.retire(stored.id, state, [entry], clears)
-        await self.after_retire(stored, clears)
+        if await self.store.retire(stored.id, state, [entry], clears):
+            await self.after_retire(stored, clears)
+        else:  # another process ended it first, and sends the clears
+            await self.dispatcher.stop(stored.id)
 
     async def after_retire(self, stored: StoredWarning, clears: Sequence[DeliveryRecord]) -> None:
         """Once the store says `stored` is over: stop its tasks, send the clears."""

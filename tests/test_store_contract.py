@@ -161,6 +161,47 @@ async def test_retire_stops_pending_deliveries_but_not_its_clears(store: Store) 
     assert [w.id for w in await store.active_warnings()] == ["b"]
 
 
+async def test_a_retire_or_an_escalation_that_comes_second_writes_nothing(store: Store) -> None:
+    """design.md "Storage and several processes": each expiry and each township escalation
+    happens once, whichever process sees it first; the second writer is told and writes no
+    entry and no delivery (its clears would otherwise be sent twice)."""
+    await store.accept(stored("w"), [], [], [CoverageRow("w", T1), CoverageRow("w", T2)])
+    clear = DeliveryRecord("w/clear/1", "w", "b1", "mqtt", 2, purpose="clear")
+    expiring = [store.retire("w", "expired", [entry("w", Stage.EXPIRED)], [clear]) for _ in "ab"]
+    assert sorted(await asyncio.gather(*expiring)) == [False, True]
+    assert [e.stage for e in await store.entries_for("w")] == [Stage.EXPIRED]
+    assert [d.id for d in await store.deliveries_for("w")] == [clear.id]
+
+    def escalation(townships: list[str]) -> tuple[list[DeliveryRecord], list[LedgerDraft]]:
+        purpose = "escalation:" + ",".join(townships)
+        ds = [DeliveryRecord("w/escalate-deadline/c1", "w", "c1", "email", 2, purpose=purpose)]
+        return ds, [entry("w", Stage.ESCALATED, township=t) for t in townships]
+
+    both = [store.escalate("w", [T1, T2], NOW, *escalation([T1, T2])) for _ in "ab"]
+    stored_by = await asyncio.gather(*both)
+    assert sorted(len(d) for d in stored_by) == [0, 1]
+    assert await store.escalate("w", [T2], NOW, *escalation([T2])) == []
+    escalated = [e.data["township"] for e in await store.entries_for("w") if e.data]
+    assert sorted(escalated) == [T1, T2]
+    assert all(r.escalated_at for r in await store.coverage_for("w"))
+    assert await verify(store.ledger()) == 3
+
+
+async def test_deliveries_by_id_pending_keys_and_durable_follow_ups(store: Store) -> None:
+    ds = [delivery("w", n, level=n) for n in (1, 2, 3)]
+    await store.accept(stored("w"), [], ds)
+    await store.record([DeliveryUpdate(ds[0].id, "delivered", 1)], [])
+    got = await store.deliveries_by_id([ds[0].id, ds[2].id, "missing"])
+    assert sorted((d.id, d.state) for d in got) == [(ds[0].id, "delivered"), (ds[2].id, "pending")]
+    assert await store.deliveries_by_id([]) == []
+    assert sorted(await store.pending_keys()) == [(ds[1].id, "sms", 2), (ds[2].id, "sms", 3)]
+    durable = asyncio.Event()
+    store.record_soon([DeliveryUpdate(ds[1].id, "delivered", 1)], [], then=durable.set)
+    await asyncio.wait_for(durable.wait(), 10)
+    assert sorted(await store.pending_keys()) == [(ds[2].id, "sms", 3)]
+    assert await store.deployment() == await store.deployment() != ""
+
+
 async def test_record_soon_outcomes_are_durable_across_close(store_url: str) -> None:
     count = 600
     async with open_store(store_url) as s:
@@ -308,7 +349,7 @@ async def test_upgrade_is_idempotent_and_an_old_schema_is_refused(
     with pytest.raises(ConfigError, match="run `gateway db upgrade`"):
         async with open_store(url):
             pass
-    assert await pg_schema.upgrade_url(url) == ([1], pg_schema.LATEST)
+    assert await pg_schema.upgrade_url(url) == ([1, 2], pg_schema.LATEST)
     assert await pg_schema.upgrade_url(url) == ([], pg_schema.LATEST)
     async with open_store(url) as s:
         await s.ping()

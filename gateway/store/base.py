@@ -241,7 +241,10 @@ class Store(Protocol):
         state: str,
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
-    ) -> None: ...
+    ) -> bool:
+        """Whether this call retired the warning: False (nothing written) when it was not
+        active any more when the write committed (another process retired it first)."""
+        ...
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None: ...
 
@@ -257,10 +260,12 @@ class Store(Protocol):
         updates: Sequence[DeliveryUpdate],
         entries: Sequence[LedgerDraft],
         covers: Sequence[Cover] = (),
+        then: Callable[[], None] | None = None,
     ) -> None:
         """`record` without waiting: queued for the next commit, durable shortly after. For
         outcomes whose loss is harmless: a delivery not yet recorded stays pending and is
-        sent again (same idempotency key) after a restart. A failed write is logged."""
+        sent again (same idempotency key) after a restart. A failed write is logged and kept
+        until it commits. `then` is called once the write is durable (never if it is not)."""
         ...
 
     def lagging(self) -> bool:
@@ -287,7 +292,13 @@ class Store(Protocol):
         at: datetime,
         deliveries: Sequence[DeliveryRecord],
         entries: Sequence[LedgerDraft],
-    ) -> None: ...
+    ) -> list[DeliveryRecord]:
+        """Mark `townships` escalated with their `escalated` entries and store the escalation
+        `deliveries`, for the townships not escalated yet when the write commits (so each
+        township is escalated once across processes): the deliveries stored (to dispatch),
+        none when every township was escalated first. An entry whose data names a township
+        (`township`) is kept with it; a delivery is stored unless its id is taken."""
+        ...
 
     async def coverage_for(self, warning_id: str) -> list[CoverageRow]: ...
 
@@ -320,6 +331,20 @@ class Store(Protocol):
         ...
 
     async def unfinished(self) -> list[DeliveryRecord]: ...
+
+    async def pending_keys(self) -> list[tuple[str, str, int]]:
+        """(id, channel, level) of every pending delivery: what the sweeper checks against
+        the shared queue."""
+        ...
+
+    async def deliveries_by_id(self, ids: Sequence[str]) -> list[DeliveryRecord]:
+        """The deliveries of `ids` that exist, in no particular order."""
+        ...
+
+    async def deployment(self) -> str:
+        """The identity of this store's database, the same for every process that shares it
+        (the namespace of their coordination)."""
+        ...
 
     async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]: ...
 

@@ -261,8 +261,18 @@ FOR EACH ROW WHEN (OLD.covered_at IS NULL AND NEW.covered_at IS NOT NULL)
 EXECUTE FUNCTION stats_coverage_row();
 """
 
+_V2_DEPLOYMENT = """
+CREATE TABLE deployment (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL
+);
+INSERT INTO deployment VALUES (1, md5(random()::text || clock_timestamp()::text));
+"""
+"""The identity of a deployment: gateways on this database coordinate under it in Redis."""
+
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (1, "tables of the SQLite store, ledger_head, aggregate triggers", _V1_TABLES + _V1_TRIGGERS),
+    (2, "the deployment's identity (its namespace in Redis)", _V2_DEPLOYMENT),
 )
 """(version, what it does, SQL), in order; append, never edit one that shipped."""
 LATEST: Final = MIGRATIONS[-1][0]

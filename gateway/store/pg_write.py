@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from gateway.exceptions import FieldError, Unstorable
-from gateway.ledger import entry_hash, timestamp
-from gateway.store.base import DeliveryState, StoredWarning
+from gateway.ledger import LedgerDraft, entry_hash, timestamp
+from gateway.store.base import DeliveryState
 from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
-from gateway.store.rows import Rows, Write, ledger_data
+from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
 from gateway.store.sqlite_stats import LedgerTally
 
 _UNFINISHED = "WHERE id = %s AND state IN ('pending', 'sent')"
@@ -84,7 +84,9 @@ class Attempt:
     """One try of a batch: its results and where it leaves the chain; `committing` once the
     COMMIT was sent (a failure after that leaves it unknown whether the batch landed)."""
 
-    results: list[tuple[StoredWarning, bool] | None] = field(default_factory=list)
+    results: list[WriteResult] = field(default_factory=list)
+    entries_of: list[Sequence[LedgerDraft]] = field(default_factory=list)
+    """The ledger entries each write committed (none for a write that found it came late)."""
     seq: int = 0
     hash: str = ""
     entries: int = 0
@@ -188,8 +190,7 @@ _BULK_SQL = frozenset(_BULK.values())
 
 async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attempt) -> None:
     """Write `batch` as one transaction on `conn` (in autocommit mode), filling `attempt`."""
-    ids = [w.warning.id for w in batch if w.warning is not None]
-    chained = bool(ids) or any(w.entries for w in batch)
+    chained = any(w.warning is not None or w.entries for w in batch)
     async with conn.transaction():
         cur = conn.cursor()
         seq, prev = 0, ""
@@ -198,20 +199,17 @@ async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attem
             head = await cur.fetchone()
             assert head is not None, "ledger_head is missing its row"
             seq, prev = int(head[0]), str(head[1])
-        known: dict[str, StoredWarning] = {}
-        if ids:
-            await cur.execute(
-                f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id = ANY(%s)", (list(set(ids)),)
-            )
-            known = {row[0]: to_warning(row) for row in await cur.fetchall()}
+        known = await read_known(cur, Needs.of(batch))
         rows = Rows()
-        attempt.results = [rows.add(w, known) for w in batch]
+        added = [rows.add(w, known) for w in batch]
+        attempt.results = [result for result, _ in added]
+        attempt.entries_of = [entries for _, entries in added]
         tally = LedgerTally()
         for draft, data in (
             pair
-            for w, r in zip(batch, attempt.results, strict=True)
-            if r is None or r[1]
-            for pair in zip(w.entries, ledger_data(w), strict=True)
+            for w, (_, entries) in zip(batch, added, strict=True)
+            if entries
+            for pair in zip(entries, ledger_data(w), strict=True)
         ):
             seq += 1
             at = timestamp(draft.at)
@@ -236,6 +234,32 @@ async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attem
                 )
         attempt.seq, attempt.hash, attempt.entries = seq, prev, len(rows.ledger)
         attempt.committing = True
+
+
+async def read_known(cur: AsyncCursor[Any], need: Needs) -> Known:
+    """What a batch depends on (`Known`), read under the ledger_head lock: every process's
+    writes of these rows are serialised by it, so what is read cannot change before COMMIT."""
+    known = Known()
+    if need.warnings:
+        await cur.execute(
+            f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id = ANY(%s)", (need.warnings,)
+        )
+        known.warnings.update((row[0], to_warning(row)) for row in await cur.fetchall())
+    if need.states:
+        await cur.execute("SELECT id, state FROM warnings WHERE id = ANY(%s)", (need.states,))
+        known.states.update((row[0], row[1]) for row in await cur.fetchall())
+    if need.townships:
+        await cur.execute(
+            "SELECT c.warning_id, c.township FROM coverage AS c JOIN unnest(%s::text[], "
+            "%s::text[]) AS u (wid, town) ON c.warning_id = u.wid AND c.township = u.town "
+            "WHERE c.escalated_at IS NOT NULL",
+            ([w for w, _ in need.townships], [t for _, t in need.townships]),
+        )
+        known.escalated.update((row[0], row[1]) for row in await cur.fetchall())
+    if need.delivery_ids:
+        await cur.execute("SELECT id FROM deliveries WHERE id = ANY(%s)", (need.delivery_ids,))
+        known.delivery_ids.update(row[0] for row in await cur.fetchall())
+    return known
 
 
 async def landed(conn: AsyncConnection[Any], attempt: Attempt) -> bool:

@@ -22,8 +22,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerDraft
 from gateway.store import pg_write
-from gateway.store.base import StoredWarning
-from gateway.store.rows import Write
+from gateway.store.rows import Write, WriteResult
 from gateway.store.write_queue import MAX_BATCH
 
 log = logging.getLogger("gateway.store")
@@ -91,7 +90,7 @@ class GroupCommit:
     async def _commit_batch(self, batch: list[Write]) -> None:
         """Commit `batch` as one transaction; if its data fails it, each write alone."""
         try:
-            results = await self._commit(batch)
+            results, entries_of = await self._commit(batch)
         except Exception as exc:
             if environmental(exc) or len(batch) == 1:
                 for w in batch:
@@ -107,16 +106,21 @@ class GroupCommit:
         for w, r in zip(batch, results, strict=True):
             if w.done is not None and not w.done.done():
                 w.done.set_result(r)
-        committed = [
-            e for w, r in zip(batch, results, strict=True) if r is None or r[1] for e in w.entries
-        ]
+            if w.then is not None:
+                try:
+                    w.then()
+                except Exception:  # a caller's follow-up must never fail the writer
+                    log.exception("the follow-up of a write failed")
+        committed = [e for entries in entries_of for e in entries]
         for listener in self.listeners if committed else ():
             try:
                 listener(committed)
             except Exception:  # an observer must never fail the writer
                 log.exception("a commit listener failed")
 
-    async def _commit(self, batch: list[Write]) -> list[tuple[StoredWarning, bool] | None]:
+    async def _commit(
+        self, batch: list[Write]
+    ) -> tuple[list[WriteResult], list[Sequence[LedgerDraft]]]:
         """One transaction, tried again once on a fresh connection if the connection fails
         (unless its COMMIT was sent and whether it landed cannot be known yet)."""
         for retry in (False, True):
@@ -124,14 +128,14 @@ class GroupCommit:
             try:
                 async with self._pool.connection() as conn:
                     await pg_write.run(conn, batch, attempt)
-                return attempt.results
+                return attempt.results, attempt.entries_of
             except Exception as exc:
                 if not environmental(exc):
                     raise
                 if attempt.committing:
                     landed = await self._landed(attempt)
                     if landed:
-                        return attempt.results
+                        return attempt.results, attempt.entries_of
                     if landed is None:
                         self._doubt.append((attempt, [w for w in batch if w.done is None]))
                         raise

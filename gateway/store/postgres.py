@@ -174,6 +174,17 @@ class PostgresStore(WriteQueue):
     async def unfinished(self) -> list[DeliveryRecord]:
         return await self._deliveries("state = 'pending' ORDER BY level, n", ())
 
+    async def pending_keys(self) -> list[tuple[str, str, int]]:
+        sql = "SELECT id, channel, level FROM deliveries WHERE state = 'pending'"
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in await self._rows(sql)]
+
+    async def deliveries_by_id(self, ids: Sequence[str]) -> list[DeliveryRecord]:
+        return await self._deliveries("id = ANY(%s)", (list(ids),)) if ids else []
+
+    async def deployment(self) -> str:
+        rows = await self._rows("SELECT current_database() || '.' || name FROM deployment")
+        return str(rows[0][0])
+
     async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
         return await self._deliveries("warning_id = %s ORDER BY n", (warning_id,))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC
 
@@ -27,6 +27,44 @@ _to_json = json.JSONEncoder(ensure_ascii=False).encode
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+@dataclass(frozen=True)
+class Known:
+    """What a batch reads under its lock before it applies its writes: the stored warnings
+    among the ids it accepts, the state of those it retires, the townships of its
+    escalations escalated already, the delivery ids of its escalations taken already."""
+
+    warnings: dict[str, StoredWarning] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+    escalated: set[tuple[str, str]] = field(default_factory=set)
+    delivery_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The keys a batch must read (`Known`) before it applies."""
+
+    warnings: list[str]
+    states: list[str]
+    townships: list[tuple[str, str]]
+    delivery_ids: list[str]
+
+    @classmethod
+    def of(cls, batch: Sequence[Write]) -> Needs:
+        escalations = [w for w in batch if w.escalated is not None and w.warning is None]
+        return cls(
+            warnings=sorted({w.warning.id for w in batch if w.warning is not None}),
+            states=sorted({w.retire[0] for w in batch if w.retire is not None}),
+            townships=sorted(
+                {(e[0], t) for w in escalations if (e := w.escalated) is not None for t in e[1]}
+            ),
+            delivery_ids=sorted({d.id for w in escalations for d in w.deliveries}),
+        )
+
+
+WriteResult = tuple[StoredWarning, bool] | bool | list[DeliveryRecord] | None
+"""accept: (stored, new); retire: whether it retired; escalate: the deliveries stored."""
+
+
 @dataclass
 class Write:
     """One caller's write: applied whole, in the group commit it joins."""
@@ -39,8 +77,10 @@ class Write:
     covers: Sequence[Cover] = ()
     escalated: tuple[str, Sequence[str], str] | None = None
     retire: tuple[str, str] | None = None
-    done: asyncio.Future[tuple[StoredWarning, bool] | None] | None = None
+    done: asyncio.Future[WriteResult] | None = None
     """Resolved once the write is durable; None when no one waits (`record_soon`)."""
+    then: Callable[[], None] | None = None
+    """Called once the write is durable (`record_soon`)."""
     rows: Rows | None = None
     """The write's own rows, encoded and checked by `prepare` before it joins a batch."""
     data_json: list[str] = field(default_factory=list)
@@ -64,19 +104,55 @@ class Rows:
     stats_warnings: list[tuple[object, ...]] = field(default_factory=list)
     stats_districts: list[tuple[object, ...]] = field(default_factory=list)
 
-    def add(self, w: Write, known: dict[str, StoredWarning]) -> tuple[StoredWarning, bool] | None:
-        """Queue the rows of `w`; its result, (stored, False) when the id is taken."""
-        result: tuple[StoredWarning, bool] | None = None
+    def add(self, w: Write, known: Known) -> tuple[WriteResult, Sequence[LedgerDraft]]:
+        """Queue the rows of `w` as `known` says they apply; its result and the ledger entries
+        to write with it. An accept of a taken id, a retire of a warning not active, an
+        escalation of townships all escalated write nothing (the same write by another
+        process came first)."""
+        result: WriteResult = None
+        entries = w.entries
         if w.warning is not None:
-            prior = known.get(w.warning.id)
+            prior = known.warnings.get(w.warning.id)
             if prior is not None:
-                return (prior, False)
-            known[w.warning.id] = w.warning
+                return (prior, False), ()
+            known.warnings[w.warning.id] = w.warning
+            if w.retire is not None:
+                known.states[w.retire[0]] = w.retire[1]
             result = (w.warning, True)
+        elif w.retire is not None:
+            wid, state = w.retire
+            if known.states.get(wid, "active") != "active":
+                return False, ()
+            known.states[wid] = state
+            result = True
+        elif w.escalated is not None:
+            return self._escalate(w, known)
         own = w.rows if w.rows is not None else Rows.of(w)
         for table, rows in own.tables():
             getattr(self, table).extend(rows)
-        return result
+        return result, entries
+
+    def _escalate(self, w: Write, known: Known) -> tuple[WriteResult, Sequence[LedgerDraft]]:
+        """The part of escalation `w` that no earlier write did (see `Store.escalate`)."""
+        assert w.escalated is not None
+        wid, townships, at = w.escalated
+        fresh = [t for t in townships if (wid, t) not in known.escalated]
+        if not fresh:
+            return [], ()
+        known.escalated.update((wid, t) for t in fresh)
+        stored = [d for d in w.deliveries if d.id not in known.delivery_ids]
+        known.delivery_ids.update(d.id for d in stored)
+        taken = set(townships) - set(fresh)
+        entries = [e for e in w.entries if e.data.get("township") not in taken]
+        if len(fresh) == len(townships) and len(stored) == len(w.deliveries):
+            own = w.rows if w.rows is not None else Rows.of(w)
+        else:
+            own = Rows.of(Write(entries, deliveries=stored, escalated=(wid, fresh, at)))
+            w.data_json = []  # re-encoded for the entries kept (`ledger_data`)
+            w.entries = entries
+        for table, rows in own.tables():
+            getattr(self, table).extend(rows)
+        return stored, entries
 
     def tables(self) -> list[tuple[str, list[tuple[object, ...]]]]:
         """(name, rows) of every table but the ledger."""

@@ -34,9 +34,8 @@ from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
-    StoredWarning,
 )
-from gateway.store.rows import Rows, Write, ledger_data
+from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
 from gateway.store.sqlite_read import SqliteReads
 from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
 from gateway.store.write_queue import MAX_BATCH, WriteQueue
@@ -174,8 +173,7 @@ class SqliteStore(WriteQueue, SqliteReads):
             return
         self._healthy()
         for w, r in zip(batch, results, strict=True):
-            if w.done is not None and not w.done.done():
-                w.done.set_result(r)
+            _resolve(w, r)
 
     async def _commit_alone(self, w: Write) -> None:
         try:
@@ -184,8 +182,7 @@ class SqliteStore(WriteQueue, SqliteReads):
             self._failed(w, exc)
             return
         self._healthy()
-        if w.done is not None and not w.done.done():
-            w.done.set_result(result)
+        _resolve(w, result)
 
     def _failed(self, w: Write, exc: Exception) -> None:
         """A write that could not commit: its caller gets StoreUnavailable (503) when the
@@ -223,22 +220,22 @@ class SqliteStore(WriteQueue, SqliteReads):
             log.info("the store writes again")
         self._backoff = 0.0
 
-    async def _commit(self, batch: list[Write]) -> list[tuple[StoredWarning, bool] | None]:
+    async def _commit(self, batch: list[Write]) -> list[WriteResult]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
         are made here, on the event loop: on the writer thread that Python work would hold the
         GIL in long stretches and delay the loop's I/O; the SQL there releases it."""
-        ids = [w.warning.id for w in batch if w.warning is not None]
-        known = await self._in_thread(functools.partial(self._known, ids)) if ids else {}
+        known = await self._in_thread(functools.partial(self._known, batch))
         rows = Rows()
-        results = [rows.add(w, known) for w in batch]
+        added = [rows.add(w, known) for w in batch]
+        results = [result for result, _ in added]
         seq, prev = self._seq, self._hash
         tally = sqlite_stats.LedgerTally()
         committed: list[LedgerDraft] = []
         for draft, data in (
             pair
-            for w, r in zip(batch, results, strict=True)
-            if r is None or r[1]
-            for pair in zip(w.entries, ledger_data(w), strict=True)
+            for w, (_, entries) in zip(batch, added, strict=True)
+            if entries
+            for pair in zip(entries, ledger_data(w), strict=True)
         ):
             seq += 1
             at = timestamp(draft.at)
@@ -255,11 +252,30 @@ class SqliteStore(WriteQueue, SqliteReads):
             self._notify(committed)
         return results
 
-    def _known(self, ids: list[str]) -> dict[str, StoredWarning]:
-        """The stored warnings among `ids` (on the writer thread)."""
+    def _known(self, batch: list[Write]) -> Known:
+        """What `batch` depends on in the database (`Known`; on the writer thread)."""
         assert self._w is not None
-        sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id IN ({','.join('?' * len(ids))})"
-        return {row[0]: to_warning(row) for row in self._w.execute(sql, ids)}
+        need = Needs.of(batch)
+        known = Known()
+        if need.warnings:
+            marks = ",".join("?" * len(need.warnings))
+            sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE id IN ({marks})"
+            known.warnings.update(
+                (r[0], to_warning(r)) for r in self._w.execute(sql, need.warnings)
+            )
+        if need.states:
+            marks = ",".join("?" * len(need.states))
+            sql = f"SELECT id, state FROM warnings WHERE id IN ({marks})"
+            known.states.update((r[0], r[1]) for r in self._w.execute(sql, need.states))
+        for wid, township in need.townships:
+            sql = "SELECT 1 FROM coverage WHERE warning_id = ? AND township = ? AND escalated_at"
+            if self._w.execute(f"{sql} IS NOT NULL", (wid, township)).fetchone():
+                known.escalated.add((wid, township))
+        if need.delivery_ids:
+            marks = ",".join("?" * len(need.delivery_ids))
+            sql = f"SELECT id FROM deliveries WHERE id IN ({marks})"
+            known.delivery_ids.update(r[0] for r in self._w.execute(sql, need.delivery_ids))
+        return known
 
     def _execute(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
         """Run `statements` as one transaction (on the writer thread)."""
@@ -307,3 +323,14 @@ class SqliteStore(WriteQueue, SqliteReads):
         """One durable write (on the writer thread): what /healthz reports."""
         stamp = timestamp(datetime.now(UTC))
         self._execute([("INSERT OR REPLACE INTO probe VALUES (1, ?)", [(stamp,)])])
+
+
+def _resolve(w: Write, result: WriteResult) -> None:
+    """`w` is durable: tell whoever waits for it."""
+    if w.done is not None and not w.done.done():
+        w.done.set_result(result)
+    if w.then is not None:
+        try:
+            w.then()
+        except Exception:  # a caller's follow-up must never fail the writer
+            log.exception("the follow-up of a write failed")

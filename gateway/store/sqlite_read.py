@@ -7,7 +7,7 @@ committed. `SqliteStore` opens it as `_r` and inherits these methods of the `Sto
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import aiosqlite
@@ -16,6 +16,9 @@ from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import sqlite_stats_read
 from gateway.store.base import CoverageRow, DeliveryRecord, StatsFigures, StoredWarning
 from gateway.store.sqlite_schema import WARNING_COLUMNS, to_delivery, to_entry, to_warning
+
+_IDS_PER_QUERY = 500
+"""Bound parameters per query, well below SQLite's limit."""
 
 LEDGER_PAGE = 1000
 
@@ -54,6 +57,23 @@ class SqliteReads:
 
     async def unfinished(self) -> list[DeliveryRecord]:
         return await self._deliveries("state = 'pending' ORDER BY level, rowid", ())
+
+    async def pending_keys(self) -> list[tuple[str, str, int]]:
+        assert self._r is not None
+        sql = "SELECT id, channel, level FROM deliveries WHERE state = 'pending'"
+        async with self._r.execute(sql) as cur:
+            return [(str(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
+
+    async def deliveries_by_id(self, ids: Sequence[str]) -> list[DeliveryRecord]:
+        out: list[DeliveryRecord] = []
+        for at in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = tuple(ids[at : at + _IDS_PER_QUERY])
+            marks = ",".join("?" * len(chunk))
+            out += await self._deliveries(f"id IN ({marks})", chunk)
+        return out
+
+    async def deployment(self) -> str:
+        return "sqlite"
 
     async def deliveries_for(self, warning_id: str) -> list[DeliveryRecord]:
         return await self._deliveries("warning_id = ? ORDER BY rowid", (warning_id,))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, timestamp
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
-from gateway.store.rows import Write, prepare, scrubbed
+from gateway.store.rows import Write, WriteResult, prepare, scrubbed
 
 log = logging.getLogger("gateway.store")
 
@@ -54,7 +54,7 @@ class WriteQueue:
         if escalated is not None:  # blind spots escalated at once (art. 20), with the warning
             write.escalated = (warning.id, escalated[0], timestamp(escalated[1]))
         result = await self._submit(write)
-        assert result is not None
+        assert isinstance(result, tuple)
         return result
 
     async def retire(
@@ -63,8 +63,9 @@ class WriteQueue:
         state: str,
         entries: Sequence[LedgerDraft],
         deliveries: Sequence[DeliveryRecord] = (),
-    ) -> None:
-        await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+    ) -> bool:
+        done = await self._submit(Write(entries, deliveries=deliveries, retire=(warning_id, state)))
+        return done is True
 
     async def append(self, entries: Sequence[LedgerDraft]) -> None:
         if entries:
@@ -84,9 +85,10 @@ class WriteQueue:
         updates: Sequence[DeliveryUpdate],
         entries: Sequence[LedgerDraft],
         covers: Sequence[Cover] = (),
+        then: Callable[[], None] | None = None,
     ) -> None:
         self._check_open()
-        write = Write(entries, updates=updates, covers=covers)
+        write = Write(entries, updates=updates, covers=covers, then=then)
         try:
             self._prepare(write)
         except Unstorable as exc:
@@ -94,6 +96,7 @@ class WriteQueue:
             log.error("an outcome cannot be stored as given (%s); its text is escaped", exc)
             try:
                 write = self._prepare(scrubbed(write))
+                write.then = then
             except Unstorable:
                 log.exception("an outcome cannot be stored; its delivery resumes on restart")
                 return
@@ -106,9 +109,11 @@ class WriteQueue:
         at: datetime,
         deliveries: Sequence[DeliveryRecord],
         entries: Sequence[LedgerDraft],
-    ) -> None:
+    ) -> list[DeliveryRecord]:
         escalated = (warning_id, townships, timestamp(at))
-        await self._submit(Write(entries, deliveries=deliveries, escalated=escalated))
+        done = await self._submit(Write(entries, deliveries=deliveries, escalated=escalated))
+        assert isinstance(done, list)
+        return done
 
     def lagging(self) -> bool:
         return self._queue.qsize() > MAX_BACKLOG
@@ -124,7 +129,7 @@ class WriteQueue:
         if self._writer is None or self._writer.done():
             raise RuntimeError("the store is not open")
 
-    async def _submit(self, write: Write) -> tuple[StoredWarning, bool] | None:
+    async def _submit(self, write: Write) -> WriteResult:
         self._check_open()
         self._prepare(write)  # raises to this caller alone
         write.done = asyncio.get_running_loop().create_future()
