@@ -16,11 +16,18 @@ from gateway.channels.base import Channel
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
 from gateway.console import add_console
+from gateway.coord.control import Control
+from gateway.coord.coordinator import Coordinator
+from gateway.coord.link import RedisLink
+from gateway.coord.rate import SharedRate
+from gateway.coord.relay import SharedQueue
+from gateway.coord.streams import Streams
+from gateway.coord.sweeper import Sweeper
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import ConfigError
-from gateway.flow import DEFAULT_PER_ENDPOINT, CircuitBreaker, RateLimiter
+from gateway.flow import DEFAULT_PER_ENDPOINT, CircuitBreaker, Pacer, RateLimiter
 from gateway.guard import AUTH
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
@@ -92,6 +99,10 @@ def build_app(
                 app[METRICS].track(w.id, w.received_at)
             desk = ReceiptDesk(store, clock, book, registry)
             app[RECEIPTS] = desk
+            link = None
+            if settings.redis.url is not None:  # one of several gateways
+                deployment = await store.deployment()
+                link = await stack.enter_async_context(RedisLink(settings.redis.url, deployment))
             built = channels if channels is not None else build_channels(settings, book, desk.sink)
             runtimes = {}
             for name, channel in built.items():
@@ -101,7 +112,7 @@ def build_app(
                     channel=channel,
                     concurrency=cs.concurrency if cs else 16,
                     retry=cs.retry.policy() if cs else settings.channels.sms.retry.policy(),
-                    rate=RateLimiter(cs.rate_per_s) if cs and cs.rate_per_s > 0 else None,
+                    rate=_pacer(link, name, cs.rate_per_s if cs else 0),
                     per_endpoint=cs.per_endpoint if cs else DEFAULT_PER_ENDPOINT,
                 )
             breaker = CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s)
@@ -109,6 +120,15 @@ def build_app(
                 store, book, runtimes, breaker, clock=clock, sleep=sleep, registry=registry
             )
             app[DISPATCHER] = dispatcher
+            if link is not None:
+                control = Control(link, settings.redis.claim_idle_s)
+                streams = Streams(link, runtimes)
+                queue = SharedQueue(
+                    streams, control, store, dispatcher, claim_idle_s=settings.redis.claim_idle_s
+                )
+                dispatcher.attach(queue)
+                await stack.enter_async_context(control)
+                await stack.enter_async_context(queue)  # exits after the dispatcher's workers
             tracker = CoverageTracker(
                 store,
                 book,
@@ -146,11 +166,26 @@ def build_app(
                 await stack.enter_async_context(reconciler)
             await stack.enter_async_context(tracker)
             await stack.enter_async_context(lifecycle)
+            if link is not None:
+                sweep_s = settings.redis.sweep_s
+                await stack.enter_async_context(
+                    Coordinator(
+                        control, store, dispatcher, breaker, lifecycle, tracker, sweep_s=sweep_s
+                    )
+                )
+                await stack.enter_async_context(Sweeper(streams, store, sweep_s=sweep_s))
             yield
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app
+
+
+def _pacer(link: RedisLink | None, channel: str, rate_per_s: float) -> Pacer | None:
+    """A channel's rate limit: shared by the gateways of a deployment (Redis), or its own."""
+    if rate_per_s <= 0:
+        return None
+    return SharedRate(link, channel, rate_per_s) if link else RateLimiter(rate_per_s)
 
 
 def server_options(http: HttpSettings) -> dict[str, Any]:

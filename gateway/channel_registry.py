@@ -48,14 +48,24 @@ def _mqtt(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Chan
     devices = {
         device: e.id for e in book.by_id.values() if e.channel == "mqtt" for device in e.devices
     }
+    # With several gateways (Redis set), each board ack is read by one of them.
+    shared = SHARED_ACK_GROUP if settings.redis.url else None
     return MqttChannel(
-        s.url, prefix=s.prefix, receipts=receipts, devices=devices, protocol=s.protocol
+        s.url,
+        prefix=s.prefix,
+        receipts=receipts,
+        devices=devices,
+        protocol=s.protocol,
+        shared_acks=shared,
     )
 
 
 def _webhook(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Channel:
     return WebhookChannel(default_timeout=settings.channels.webhook.timeout_s)
 
+
+SHARED_ACK_GROUP = "gateway"
+"""`$share/gateway/{prefix}/ack/+` (design.md): the gateways of a deployment share the acks."""
 
 CHANNELS: dict[str, Builder] = {
     "sms": _sms,

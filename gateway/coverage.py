@@ -84,6 +84,7 @@ class CoverageTracker:
         self.clock = clock
         self.dispatch = dispatch
         self._timers: dict[str, asyncio.Task[None]] = {}
+        self._checked: set[str] = set()  # deadline checks done (a watch again is a no-op)
 
     async def __aenter__(self) -> Self:
         now = self.clock()
@@ -108,7 +109,7 @@ class CoverageTracker:
 
     def watch(self, stored: StoredWarning) -> None:
         """Schedule the deadline check of an accepted warning."""
-        if stored.id in self._timers:
+        if stored.id in self._timers or stored.id in self._checked:
             return
         task = asyncio.create_task(self._at_deadline(stored), name=f"coverage {stored.id}")
         self._timers[stored.id] = task
@@ -125,6 +126,7 @@ class CoverageTracker:
             late = [r.township for r in rows if r.covered_at is None and r.escalated_at is None]
             if late:
                 await self.escalate(stored, late, reason="deadline")
+            self._checked.add(stored.id)
         except Exception:
             log.exception("coverage deadline check of %s failed", stored.id)
 

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from gateway.channels.base import Channel, Message
 from gateway.coverage import escalation_notice
@@ -47,7 +47,7 @@ from gateway.flow import (
     CircuitBreaker,
     EndpointSlots,
     LeadGate,
-    RateLimiter,
+    Pacer,
 )
 from gateway.jobs import AFTER_END, CLEAR, EXPIRED, Job, clear, deadline, notice_of
 from gateway.ledger import LedgerDraft, Stage
@@ -84,7 +84,7 @@ class ChannelRuntime:
     channel: Channel
     concurrency: int
     retry: RetryPolicy
-    rate: RateLimiter | None = None
+    rate: Pacer | None = None
     per_endpoint: int = DEFAULT_PER_ENDPOINT
     """Sends to one endpoint in flight at most, so a hanging one holds few workers."""
 
@@ -94,6 +94,24 @@ class ChannelRuntime:
 
 
 _Queue = asyncio.PriorityQueue[tuple[int, int, Job]]
+
+
+class Relay(Protocol):
+    """A delivery queue shared with other processes (gateway/coord): what `dispatch` queues
+    goes there, and what this process claims from it comes back through `take`."""
+
+    async def publish(self, records: Sequence[DeliveryRecord]) -> None:
+        """Queue durable `records` for whichever process claims them first."""
+        ...
+
+    def ended(self, delivery_id: str) -> None:
+        """This process is done with `delivery_id`: its outcome is durable, or it stopped."""
+        ...
+
+    async def stop_everywhere(self, warning_id: str) -> None:
+        """Have every other process stop `warning_id`'s deliveries; returns once they did
+        (or could not be reached in time)."""
+        ...
 
 
 class Dispatcher:
@@ -136,8 +154,15 @@ class Dispatcher:
             name: EndpointSlots(runtime.per_endpoint) for name, runtime in runtimes.items()
         }
         self._closing = False
+        self._live: dict[str, Job] = {}  # every delivery of this process not yet ended
+        self.relay: Relay | None = None
         for name, runtime in runtimes.items():
             runtime.channel.on_reconnect(functools.partial(self.wake, name))
+
+    def attach(self, relay: Relay) -> None:
+        """Queue through `relay` from now on (before `async with`): several processes."""
+        self.relay = relay
+        self._outcomes.on_durable = relay.ended
 
     async def __aenter__(self) -> Self:
         self.disabled = await self.store.disabled_endpoints()
@@ -145,7 +170,8 @@ class Dispatcher:
         for name, runtime in self.runtimes.items():
             for _ in range(runtime.concurrency):
                 self._start_worker(name)
-        await self.resume()
+        if self.relay is None:  # else a dead process's claims are taken over (gateway/coord)
+            await self.resume()
         return self
 
     async def __aexit__(
@@ -212,11 +238,23 @@ class Dispatcher:
         # Not awaited: the deliveries are durable already, and queueing them must not wait for
         # (or fail with) the store; the entry rides the next group commit.
         self.store.record_soon([], [LedgerDraft(notice.id, Stage.QUEUED, self.clock(), data)])
+        if self.relay is not None:
+            await self.relay.publish(records)
+        else:
+            self.take(notice, records)
+
+    def take(self, notice: Notice, records: Sequence[DeliveryRecord]) -> list[str]:
+        """Queue `records` (pending deliveries of `notice`) on this process's channel queues;
+        the ids of those already here (not queued twice)."""
         # Idle workers wake in this order: boards and loudspeakers first, they reach everyone
         # in the area at once; the order among channels of one level is only a head start.
         ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
         tracked = self._jobs.setdefault(notice.id, set())
+        here = []
         for rec in ordered:
+            if rec.id in self._live:
+                here.append(rec.id)
+                continue
             job_notice = notice
             if rec.purpose == EXPIRED:
                 job_notice = replace(notice, msg_type=EXPIRED)
@@ -225,14 +263,40 @@ class Dispatcher:
             job = Job(job_notice, rec, self.book.by_id.get(rec.endpoint_id), rec.attempts)
             if rec.purpose not in AFTER_END:
                 tracked.add(job)
+            self._live[rec.id] = job
             self._enqueue(job)
         if not tracked:
             del self._jobs[notice.id]
+        return here
 
-    async def stop(self, warning_id: str) -> None:
+    def tracked(self) -> set[str]:
+        """The warnings this process has deliveries of that their end would stop."""
+        return set(self._jobs)
+
+    def backlog(self, channel: str) -> int:
+        """Deliveries of `channel` waiting here for a worker."""
+        return self._queues[channel].qsize()
+
+    def drop(self, delivery_ids: Sequence[str]) -> None:
+        """Let go of deliveries another process now holds (this one's claim lapsed): they
+        are not sent again from here (a send in flight ends as it will)."""
+        for delivery_id in delivery_ids:
+            job = self._live.pop(delivery_id, None)
+            if job is not None:
+                job.stopped = True
+                self._room.discard(self._wait_key(job), job)
+                self._forget(job)
+
+    async def stop(self, warning_id: str, *, everywhere: bool = True) -> None:
         """Stop the deliveries of a warning (superseded, cancelled, expired), which the store
         has already marked stopped: drop the queued ones, interrupt the sends in flight and
-        return once none of them can still reach an endpoint."""
+        return once none of them can still reach an endpoint, here and (`everywhere`, with
+        a relay) in every other process."""
+        await self._stop_here(warning_id)
+        if everywhere and self.relay is not None:
+            await self.relay.stop_everywhere(warning_id)
+
+    async def _stop_here(self, warning_id: str) -> None:
         self._outcomes.forget(warning_id)
         self._retired[warning_id] = None
         if len(self._retired) > RETIRED_KEPT:
@@ -241,6 +305,8 @@ class Dispatcher:
         for job in jobs:
             job.stopped = True
             self._room.discard(self._wait_key(job), job)  # so no probe picks a dead delivery
+            if self._live.pop(job.rec.id, None) is not None and self.relay is not None:
+                self.relay.ended(job.rec.id)  # the store marked it stopped already
         halted = []
         loop = asyncio.get_running_loop()
         for task, job in list(self._sending.items()):
@@ -283,6 +349,7 @@ class Dispatcher:
     def _enqueue(self, job: Job) -> None:
         queue = self._queues.get(job.rec.channel)
         if queue is None:
+            self._forget(job)
             self._outcomes.final(job.rec, job.attempts, "channel no longer configured")
             return
         if self._lead is not None and job.rec.channel == LEAD_CHANNEL:
@@ -479,6 +546,8 @@ class Dispatcher:
         self._room.wait(self._wait_key(job), job, wait)
 
     def _forget(self, job: Job) -> None:
+        if self._live.get(job.rec.id) is job:
+            del self._live[job.rec.id]
         jobs = self._jobs.get(job.rec.warning_id)
         if jobs is not None:
             jobs.discard(job)

@@ -10,7 +10,7 @@ import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 Sleep = Callable[[float], Awaitable[None]]
 _EPSILON = 1e-9
@@ -21,6 +21,12 @@ DEFAULT_PER_ENDPOINT = 4
 """Sends to one endpoint in flight at most (design.md: a hanging endpoint holds few workers)."""
 DEFAULT_RECONCILE_S = 300.0
 """Seconds between reconciliations of retained MQTT messages (also after every reconnect)."""
+
+
+class Pacer(Protocol):
+    """What paces a channel's sends: `acquire` returns when the next one may go."""
+
+    async def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -66,6 +72,18 @@ class CircuitBreaker:
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
         self._trial: set[str] = set()
+        self.listener: Callable[[str, float | None], None] | None = None
+        """Told of each circuit this breaker opened (endpoint, cooldown) or closed (endpoint,
+        None), so other processes can follow (`follow`)."""
+
+    def follow(self, endpoint_id: str, cooldown: float | None) -> None:
+        """Another process opened (for `cooldown` seconds) or closed `endpoint_id`'s circuit."""
+        if cooldown is None:
+            self._failures.pop(endpoint_id, None)
+            self._open_until.pop(endpoint_id, None)
+            self._trial.discard(endpoint_id)
+        elif endpoint_id not in self._trial:
+            self._open_until[endpoint_id] = self._clock() + cooldown
 
     def delay(self, endpoint_id: str) -> float:
         """Seconds left of `endpoint_id`'s open circuit; 0 when closed or half-open."""
@@ -103,8 +121,10 @@ class CircuitBreaker:
 
     def success(self, endpoint_id: str) -> None:
         self._failures.pop(endpoint_id, None)
-        self._open_until.pop(endpoint_id, None)
+        was_open = self._open_until.pop(endpoint_id, None) is not None
         self._trial.discard(endpoint_id)
+        if was_open and self.listener is not None:
+            self.listener(endpoint_id, None)
 
     def failure(self, endpoint_id: str) -> None:
         n = self._failures.get(endpoint_id, 0) + 1
@@ -112,6 +132,8 @@ class CircuitBreaker:
         if n >= self.threshold or endpoint_id in self._trial:
             self._open_until[endpoint_id] = self._clock() + self.cooldown
             self._trial.discard(endpoint_id)
+            if self.listener is not None:
+                self.listener(endpoint_id, self.cooldown)
 
 
 class EndpointSlots(Generic[T]):

@@ -8,6 +8,7 @@ shapes are the ledger format; the dispatcher decides which one applies.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,12 @@ class Outcomes:
         self.store = store
         self.clock = clock
         self._covered: dict[str, set[str]] = {}  # by warning: townships already recorded
+        self.on_durable: Callable[[str], None] | None = None
+        """Told the id of each delivery whose end (delivered, sent, failed) is durable."""
+
+    def _then(self, rec: DeliveryRecord) -> Callable[[], None] | None:
+        hook = self.on_durable
+        return None if hook is None else functools.partial(hook, rec.id)
 
     def forget(self, warning_id: str) -> None:
         """The warning was stopped: drop what is kept of it."""
@@ -60,6 +67,7 @@ class Outcomes:
                 LedgerDraft(rec.warning_id, stage, now, _entry(rec, endpoint, n, detail)),
             ],
             covers,
+            then=self._then(rec),
         )
 
     def failed_attempt(
@@ -94,6 +102,7 @@ class Outcomes:
         self.store.record_soon(
             [DeliveryUpdate(rec.id, DeliveryState.FAILED, attempts, {"reason": reason})],
             [LedgerDraft(rec.warning_id, Stage.FAILED, self.clock(), data)],
+            then=self._then(rec),
         )
 
 

@@ -1,13 +1,15 @@
 """An aiosmtpd SMTP server in its own process, for tests that stop and restart their server.
 
 Run: `python -m tests.smtp_server --port P --maildir DIR [--fail-first N] [--fail-code 451]
-[--fail-until FILE] [--reject-rcpt ADDR]... [--auth USER:PASSWORD] [--tls-cert PEM --tls-key PEM]`.
+[--fail-until FILE] [--reject-rcpt ADDR]... [--auth USER:PASSWORD] [--tls-cert PEM --tls-key PEM]
+[--delay-s S]`.
 
 Each accepted message is stored before the 250 reply as `DIR/msg-NNNNNN.json` (envelope sender,
 recipients, the raw message in base64), written atomically. The first N DATA commands are
 answered with `--fail-code` (451 temporary, 550 permanent), and so is every DATA command while
 `--fail-until` FILE does not exist (a spell of refusals the test ends with `SmtpServer.heal`);
-RCPT for a `--reject-rcpt` address is answered 550. Each EHLO/HELO appends the client's address
+RCPT for a `--reject-rcpt` address is answered 550. `--delay-s` makes each RCPT take that long (a
+slow server; before DATA, so a client that gives up meanwhile leaves nothing stored). Each EHLO/HELO appends the client's address
 to `DIR/sessions.log`, so a test can count the connections a client opened (distinct addresses:
 a second EHLO after STARTTLS is the same connection; a readiness probe that never says EHLO is
 none).
@@ -62,8 +64,10 @@ class Handler:
         fail_code: int,
         reject_rcpt: Sequence[str],
         fail_until: Path | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.maildir = maildir
+        self.delay_s = delay_s
         self.fail_left = fail_first
         self.fail_until = fail_until
         self.fail_code = fail_code
@@ -103,6 +107,8 @@ class Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if address.lower() in self.reject:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -145,7 +151,12 @@ def _authenticator(user: str, password: str) -> Any:
 async def serve(args: argparse.Namespace) -> None:
     fail_until = Path(args.fail_until) if args.fail_until else None
     handler = Handler(
-        Path(args.maildir), args.fail_first, args.fail_code, args.reject_rcpt, fail_until
+        Path(args.maildir),
+        args.fail_first,
+        args.fail_code,
+        args.reject_rcpt,
+        fail_until,
+        delay_s=args.delay_s,
     )
     tls: ssl.SSLContext | None = None
     if args.tls_cert:
@@ -180,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--auth", help="USER:PASSWORD that AUTH must present")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--delay-s", type=float, default=0.0, help="each RCPT takes this long")
     args = parser.parse_args(argv)
     Path(args.maildir).mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args))
@@ -212,6 +224,7 @@ class SmtpServer:
         auth: str | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.port = free_port()
         self.maildir = maildir
@@ -232,6 +245,8 @@ class SmtpServer:
             self.args += ["--auth", auth]
         if tls_cert and tls_key:
             self.args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+        if delay_s:
+            self.args += ["--delay-s", str(delay_s)]
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -296,6 +311,7 @@ class SmtpServerFactory(Protocol):
         auth: str | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        delay_s: float = 0.0,
     ) -> SmtpServer: ...
 
 
@@ -313,6 +329,7 @@ def fixture_smtp_server_factory(tmp_path: Path) -> Iterator[SmtpServerFactory]:
         auth: str | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        delay_s: float = 0.0,
     ) -> SmtpServer:
         server = SmtpServer(
             tmp_path / f"mail-{len(servers)}",
@@ -323,6 +340,7 @@ def fixture_smtp_server_factory(tmp_path: Path) -> Iterator[SmtpServerFactory]:
             auth=auth,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            delay_s=delay_s,
         )
         servers.append(server)
         return server.start()

@@ -95,7 +95,9 @@ class MqttChannel(Channel):
     """Publishes retained warnings to `{prefix}/{district}/{township}/{kind}/{warning_id}`.
 
     `url` is `mqtt://[user:pass@]host[:port]`; `devices` maps a board's device id to the id of
-    the endpoint it belongs to, so acks name their endpoint. Use as `async with channel:`.
+    the endpoint it belongs to, so acks name their endpoint. With `shared_acks` (a group
+    name) the acks are read through the MQTT shared subscription `$share/{group}/...`, so of
+    several gateways one gets each ack. Use as `async with channel:`.
     """
 
     name: ClassVar[str] = "mqtt"
@@ -114,6 +116,7 @@ class MqttChannel(Channel):
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         reconnect_min_delay: float = RECONNECT_MIN_DELAY,
         reconnect_max_delay: float = RECONNECT_MAX_DELAY,
+        shared_acks: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "mqtt" or not parts.hostname:
@@ -136,6 +139,8 @@ class MqttChannel(Channel):
         self._reconnect_min_delay = reconnect_min_delay
         self._reconnect_max_delay = reconnect_max_delay
         self._ack_prefix = f"{prefix}/ack/"
+        # Several gateways: each ack reaches one of them (an MQTT 5 shared subscription).
+        self._share = f"$share/{shared_acks}/" if shared_acks else ""
         self._conn: _Connection | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -290,7 +295,7 @@ class MqttChannel(Channel):
             try:
                 async with self._client() as client:
                     await client.subscribe(
-                        f"{self._ack_prefix}+", qos=1, timeout=self._connect_timeout
+                        f"{self._share}{self._ack_prefix}+", qos=1, timeout=self._connect_timeout
                     )
                     conn = _Connection(client)
                     self._conn = conn

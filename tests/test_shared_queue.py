@@ -1,0 +1,167 @@
+"""Two gateways on one PostgreSQL database and one Redis, in one test process (design.md
+"Storage and several processes"): each delivery is sent by one of them and recorded once, a
+cancel posted to one stops the other's sends, each township is escalated once, the claims of
+a gateway that stops renewing them are taken over, and Redis losing its data loses no
+delivery (the sweeper). The same behaviour with real `gateway serve` processes killed and
+restarted is in test_several_gateways.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gateway.channels.base import Channel, Message, Outcome
+from gateway.config import Settings, load_settings
+from gateway.coord.relay import SharedQueue
+from gateway.ledger import verify
+from gateway.store import open_store
+from gateway.web_keys import DISPATCHER
+from tests.conftest import GatewayClient, MakeClient
+from tests.fanout import fanout_config
+from tests.helpers import auth, token_env, warning_body
+from tests.redis_server import RedisServer
+
+WANZHOU_AND_YUZHONG = {"districts": ["500101", "500103"]}
+
+
+@dataclass
+class CountingSms(Channel):
+    """An SMS channel that takes `delay` seconds a send and counts what it sent, by id."""
+
+    name: ClassVar[str] = "sms"
+    delay: float = 0.01
+    sent: Counter[str] = field(default_factory=Counter)
+    sent_after: dict[str, float] = field(default_factory=dict)
+    sending: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once a send has ended."""
+
+    async def send(self, message: Message) -> Outcome:
+        await asyncio.sleep(self.delay)
+        self.sent[message.delivery_id] += 1
+        self.sent_after[message.delivery_id] = asyncio.get_running_loop().time()
+        self.sending.set()
+        return Outcome(delivered=True)
+
+
+def shared(settings: Settings, pg_url: str, redis_url: str, **redis: Any) -> Settings:
+    """`settings` on the shared PostgreSQL database and Redis."""
+    coordination = settings.redis.model_copy(update={"url": redis_url, **redis})
+    return dataclasses.replace(settings, store_url=pg_url, redis=coordination)
+
+
+async def two_gateways(
+    tmp_path: Path,
+    make_client: MakeClient,
+    pg_url: str,
+    redis_url: str,
+    delay: float = 0.01,
+    **redis: Any,
+) -> tuple[list[GatewayClient], list[CountingSms]]:
+    config = fanout_config(tmp_path, channels={"sms": "{provider: stub, concurrency: 4}"})
+    settings = shared(load_settings(config, token_env()), pg_url, redis_url, **redis)
+    channels = [CountingSms(delay=delay), CountingSms(delay=delay)]
+    apps = [await make_client(settings, channels={"sms": c}) for c in channels]
+    return apps, channels
+
+
+async def wait_settled(api: GatewayClient, wid: str, within: float = 60) -> dict[str, Any]:
+    """The warning's state once no delivery of it is open."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        resp = await api.get(f"/v1/warnings/{wid}", headers=auth())
+        state: dict[str, Any] = await resp.json()
+        sms = state["channels"].get("sms", {})
+        if sms and sms.get("pending", 0) == 0 and sms.get("sent", 0) == 0:
+            return state
+        assert asyncio.get_running_loop().time() < deadline, state
+        await asyncio.sleep(0.1)
+
+
+async def test_two_gateways_share_a_fan_out_and_record_each_delivery_once(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    (a, b), (sms_a, sms_b) = await two_gateways(tmp_path, make_client, pg_url, redis_url)
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    answer = await resp.json()
+    assert resp.status == 202, answer
+    state = await wait_settled(b, body["id"])
+    planned = answer["deliveries"]
+    assert state["channels"]["sms"]["delivered"] == planned
+    sent = sms_a.sent + sms_b.sent
+    assert set(sent.values()) == {1}  # each sent once, by one
+    assert len([d for d in sent if "/escalate-" not in d]) == planned
+    assert sms_a.sent  # both took part
+    assert sms_b.sent
+    resp = await b.get(f"/v1/warnings/{body['id']}/receipts", headers=auth())
+    delivered = Counter(
+        e["data"]["delivery_id"]
+        for e in (await resp.json())["entries"]
+        if e["stage"] == "delivered"
+    )
+    assert set(delivered) == set(sent)
+    assert set(delivered.values()) == {1}
+    async with open_store(pg_url) as store:
+        assert await verify(store.ledger()) > planned
+
+
+async def test_a_cancel_on_one_gateway_stops_the_others_sends(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    (a, b), (sms_a, sms_b) = await two_gateways(tmp_path, make_client, pg_url, redis_url, delay=0.2)
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    planned = (await resp.json())["deliveries"]
+    await asyncio.wait_for(asyncio.gather(sms_a.sending.wait(), sms_b.sending.wait()), 30)
+    cancel = warning_body(msg_type="cancel", references=body["id"], channels=["sms"])
+    resp = await b.post("/v1/warnings", json=cancel, headers=auth())
+    assert resp.status == 202, await resp.json()
+    answered = asyncio.get_running_loop().time()
+    await asyncio.sleep(1.0)  # longer than a send: one still going would have ended
+    late = [d for s in (sms_a, sms_b) for d, t in s.sent_after.items() if t > answered]
+    assert late == []
+    assert len([d for d in sms_a.sent + sms_b.sent if "/escalate-" not in d]) < planned
+    resp = await a.get(f"/v1/warnings/{body['id']}", headers=auth())
+    assert (await resp.json())["status"] == "cancelled"
+
+
+async def test_claims_of_a_gateway_gone_silent_are_taken_over(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    """A claim not renewed for claim_idle_s is taken over (XAUTOCLAIM) by the other."""
+    (a, b), (sms_a, sms_b) = await two_gateways(
+        tmp_path, make_client, pg_url, redis_url, delay=0.05, claim_idle_s=1.0
+    )
+    silent = a.app[DISPATCHER]
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    planned = (await resp.json())["deliveries"]
+    await asyncio.wait_for(sms_a.sending.wait(), 30)
+    queue = silent.relay
+    assert isinstance(queue, SharedQueue)
+    for task in queue._tasks:  # A freezes: it neither sends nor renews what it claimed
+        task.cancel()
+    for task in silent._workers:
+        task.cancel()
+    state = await wait_settled(b, body["id"])
+    assert state["channels"]["sms"]["delivered"] == planned
+    assert planned <= len(sms_a.sent + sms_b.sent)
+
+
+async def test_redis_losing_its_data_loses_no_delivery(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, own_redis: RedisServer
+) -> None:
+    (a, b), (sms_a, _) = await two_gateways(
+        tmp_path, make_client, pg_url, own_redis.url(), delay=0.05, sweep_s=0.5
+    )
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    planned = (await resp.json())["deliveries"]
+    await asyncio.wait_for(sms_a.sending.wait(), 30)
+    await asyncio.to_thread(own_redis.restart)  # no persistence: queue, claims, live set gone
+    state = await wait_settled(b, body["id"], within=90)
+    assert state["channels"]["sms"]["delivered"] == planned
