@@ -9,8 +9,8 @@ recipients, the raw message in base64), written atomically. The first N DATA com
 answered with `--fail-code` (451 temporary, 550 permanent), and so is every DATA command while
 `--fail-until` FILE does not exist (a spell of refusals the test ends with `SmtpServer.heal`);
 RCPT for a `--reject-rcpt` address is answered 550. `--delay-s` makes each RCPT take that long (a
-slow server; before DATA, so a client that gives up meanwhile leaves nothing stored). Each EHLO/HELO appends the client's address
-to `DIR/sessions.log`, so a test can count the connections a client opened (distinct addresses:
+slow server; before DATA, so a client that gives up meanwhile leaves nothing stored). Each
+EHLO/HELO appends the client's address to `DIR/sessions.log`, so a test can count the connections a client opened (distinct addresses:
 a second EHLO after STARTTLS is the same connection; a readiness probe that never says EHLO is
 none).
 `--auth` requires AUTH (PLAIN/LOGIN); `--tls-cert/--tls-key` offer STARTTLS.

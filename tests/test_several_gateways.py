@@ -147,7 +147,7 @@ def test_a_gateway_killed_mid_fan_out_leaves_nothing_undelivered(
     a.kill()
     assert not settled(b, body["id"], "email")  # A died with work left
     took = wait_for(lambda: settled(b, body["id"], "email"), "B finishing", CLAIM_IDLE_S + 60)
-    print(f"survivor finished {took:.1f}s after the SIGKILL")  # noqa: T201 - the note's figure
+    print(f"survivor finished {took:.1f}s after the SIGKILL")
     delivered = delivered_once(b, body["id"], "email")
     assert len([d for d in delivered if "/escalate-" not in d]) == answer["deliveries"]
     mail = mailed(smtp)
@@ -184,7 +184,7 @@ def test_a_cancel_on_b_stops_what_a_sends_and_clears_once(
     stored = sorted(t for t, delivery in arrivals(smtp) if delivery.startswith(body["id"] + "/"))
     late = [t - answered for t in stored if t > answered]
     assert late == []  # (the cancel's own emails go on, of course)
-    print(  # noqa: T201 - the note's figures
+    print(
         f"cancel answered in {1000 * (answered - posted):.0f} ms; last email stored "
         f"{1000 * (answered - stored[-1]):.0f} ms before the 202"
     )
