@@ -10,9 +10,9 @@ answered with `--fail-code` (451 temporary, 550 permanent), and so is every DATA
 `--fail-until` FILE does not exist (a spell of refusals the test ends with `SmtpServer.heal`);
 RCPT for a `--reject-rcpt` address is answered 550. `--delay-s` makes each RCPT take that long (a
 slow server; before DATA, so a client that gives up meanwhile leaves nothing stored). Each
-EHLO/HELO appends the client's address to `DIR/sessions.log`, so a test can count the connections a client opened (distinct addresses:
-a second EHLO after STARTTLS is the same connection; a readiness probe that never says EHLO is
-none).
+EHLO/HELO appends the client's address to `DIR/sessions.log`, so a test can count the
+connections a client opened (distinct addresses: a second EHLO after STARTTLS is the same
+connection; a readiness probe that never says EHLO is none).
 `--auth` requires AUTH (PLAIN/LOGIN); `--tls-cert/--tls-key` offer STARTTLS.
 
 `SmtpServer` drives that process from a test; the `smtp_server` fixture is a started one and
