@@ -76,6 +76,15 @@ RULES = [
     Rule("leaves-import-leaves", LEAVES, only=LEAVES),
     Rule("values-import-leaves", VALUES, only=(*LEAVES, *VALUES)),
     Rule("only-the-cli-imports-web", ("gateway",), forbidden=WEB, exempt=(*WEB, *ENTRY)),
+    # Several processes (gateway/coord) sit on top of the one-process flow: the dispatcher
+    # knows only its `Relay` protocol, and only the app wires coordination in.
+    Rule(
+        "coordination-is-on-top",
+        ("gateway",),
+        forbidden=("gateway.coord",),
+        exempt=("gateway.coord", "gateway.app"),
+    ),
+    Rule("coordination-is-not-web", ("gateway.coord",), forbidden=(*WEB, "gateway.channels")),
 ]
 
 

@@ -199,7 +199,8 @@ async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attem
             head = await cur.fetchone()
             assert head is not None, "ledger_head is missing its row"
             seq, prev = int(head[0]), str(head[1])
-        known = await read_known(cur, Needs.of(batch))
+        need = Needs.of(batch)
+        known = await read_known(cur, need) if need else Known()
         rows = Rows()
         added = [rows.add(w, known) for w in batch]
         attempt.results = [result for result, _ in added]

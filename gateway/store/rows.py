@@ -48,6 +48,9 @@ class Needs:
     townships: list[tuple[str, str]]
     delivery_ids: list[str]
 
+    def __bool__(self) -> bool:
+        return bool(self.warnings or self.states or self.townships or self.delivery_ids)
+
     @classmethod
     def of(cls, batch: Sequence[Write]) -> Needs:
         escalations = [w for w in batch if w.escalated is not None and w.warning is None]

@@ -224,7 +224,8 @@ class SqliteStore(WriteQueue, SqliteReads):
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
         are made here, on the event loop: on the writer thread that Python work would hold the
         GIL in long stretches and delay the loop's I/O; the SQL there releases it."""
-        known = await self._in_thread(functools.partial(self._known, batch))
+        need = Needs.of(batch)
+        known = await self._in_thread(functools.partial(self._known, need)) if need else Known()
         rows = Rows()
         added = [rows.add(w, known) for w in batch]
         results = [result for result, _ in added]
@@ -252,10 +253,9 @@ class SqliteStore(WriteQueue, SqliteReads):
             self._notify(committed)
         return results
 
-    def _known(self, batch: list[Write]) -> Known:
-        """What `batch` depends on in the database (`Known`; on the writer thread)."""
+    def _known(self, need: Needs) -> Known:
+        """What a batch depends on in the database (`Known`; on the writer thread)."""
         assert self._w is not None
-        need = Needs.of(batch)
         known = Known()
         if need.warnings:
             marks = ",".join("?" * len(need.warnings))
