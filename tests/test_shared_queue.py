@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -165,3 +166,41 @@ async def test_redis_losing_its_data_loses_no_delivery(
     await asyncio.to_thread(own_redis.restart)  # no persistence: queue, claims, live set gone
     state = await wait_settled(b, body["id"], within=90)
     assert state["channels"]["sms"]["delivered"] == planned
+
+
+async def test_a_gateway_stopped_cleanly_hands_its_claims_back_at_once(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    """SIGTERM (the app's cleanup): what A claimed goes back to the queue, so B sends it long
+    before A's claims could be taken over (claim_idle_s is an hour here)."""
+    (a, b), (sms_a, _) = await two_gateways(
+        tmp_path, make_client, pg_url, redis_url, delay=0.1, claim_idle_s=3600
+    )
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    planned = (await resp.json())["deliveries"]
+    await asyncio.wait_for(sms_a.sending.wait(), 30)
+    await a.close()
+    state = await wait_settled(b, body["id"], within=60)
+    assert state["channels"]["sms"]["delivered"] == planned
+
+
+async def test_a_circuit_opened_by_one_gateway_is_followed_by_the_other(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    (a, b), _ = await two_gateways(tmp_path, make_client, pg_url, redis_url)
+    breaker_a, breaker_b = a.app[DISPATCHER].breaker, b.app[DISPATCHER].breaker
+    endpoint = "500101001-sms"
+    for _ in range(breaker_a.threshold):
+        breaker_a.failure(endpoint)
+    assert breaker_a.is_open(endpoint)
+    await wait_until(lambda: breaker_b.is_open(endpoint), "B follows the open circuit")
+    breaker_a.success(endpoint)
+    await wait_until(lambda: not breaker_b.is_open(endpoint), "B follows the close")
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, within: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
