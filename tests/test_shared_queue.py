@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
+
+import aiomqtt
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import Settings, load_settings
@@ -24,6 +28,7 @@ from gateway.web_keys import DISPATCHER
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import fanout_config
 from tests.helpers import auth, token_env, warning_body
+from tests.mqtt_broker import Mosquitto
 from tests.redis_server import RedisServer
 
 WANZHOU_AND_YUZHONG = {"districts": ["500101", "500103"]}
@@ -69,13 +74,15 @@ async def two_gateways(
     return apps, channels
 
 
-async def wait_settled(api: GatewayClient, wid: str, within: float = 60) -> dict[str, Any]:
-    """The warning's state once no delivery of it is open."""
+async def wait_settled(
+    api: GatewayClient, wid: str, within: float = 60, channel: str = "sms"
+) -> dict[str, Any]:
+    """The warning's state once no delivery of it on `channel` is open."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         resp = await api.get(f"/v1/warnings/{wid}", headers=auth())
         state: dict[str, Any] = await resp.json()
-        sms = state["channels"].get("sms", {})
+        sms = state["channels"].get(channel, {})
         if sms and sms.get("pending", 0) == 0 and sms.get("sent", 0) == 0:
             return state
         assert asyncio.get_running_loop().time() < deadline, state
@@ -204,3 +211,36 @@ async def wait_until(predicate: Callable[[], bool], what: str, within: float = 1
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, what
         await asyncio.sleep(0.02)
+
+
+async def test_a_board_ack_is_read_by_one_gateway(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str, mosquitto: Mosquitto
+) -> None:
+    """Board acks arrive through `$share/gateway/...` (MQTT 5 shared subscription): of two
+    gateways one reads each ack, so one receipt is recorded (not a receipt and a repeat)."""
+    config = fanout_config(tmp_path, mqtt_url=mosquitto.url)
+    settings = shared(load_settings(config, token_env()), pg_url, redis_url)
+    a, b = [await make_client(settings) for _ in "ab"]
+    body = warning_body(area={"townships": ["500103001"]}, channels=["mqtt"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    assert resp.status == 202, await resp.json()
+    await wait_settled(b, body["id"], channel="mqtt")
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    async with aiomqtt.Client(host, int(port)) as board:
+        for n in range(5):
+            ack = {"warning_id": body["id"], "status": "displayed", "at": f"+{n}"}
+            ack["at"] = datetime.now(UTC).isoformat()
+            await board.publish("cq/warnings/ack/board-500103001", json.dumps(ack), qos=1)
+
+    async def receipts() -> list[dict[str, Any]]:
+        resp = await b.get(f"/v1/warnings/{body['id']}/receipts", headers=auth())
+        return [e for e in (await resp.json())["entries"] if e["stage"] == "receipt"]
+
+    for _ in range(100):
+        if len(await receipts()) >= 5:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # a second reader's copies would have been recorded by now
+    got = await receipts()
+    assert len(got) == 5
+    assert not [e for e in got if e["data"].get("duplicate")]
