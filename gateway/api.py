@@ -49,6 +49,7 @@ from gateway.web_keys import (
     MAX_BODY,
     METRICS,
     PUBLIC_METRICS,
+    QUEUE_PING,
     RECEIPTS,
     REGISTRY,
     RELEASE_LIST,
@@ -340,7 +341,9 @@ def receipts_timeline(wid: str, entries: Sequence[LedgerEntry]) -> dict[str, Any
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the store reads and writes (a probe write each time); 503 otherwise."""
+    """200 while the store reads and writes (a probe write each time); 503 otherwise. With
+    several gateways it also says whether Redis answers (`redis`): without it a gateway still
+    accepts warnings durably (queued once Redis is back), so it stays 200."""
     try:
         await request.app[STORE].ping()
     except Exception as exc:
@@ -348,7 +351,16 @@ async def healthz(request: web.Request) -> web.Response:
         response = json_response({"status": "unavailable", "store": "down"}, 503)
         response.headers["Retry-After"] = str(StoreUnavailable.retry_after)
         return response
-    return json_response({"status": "ok", "store": "ok"})
+    answer = {"status": "ok", "store": "ok"}
+    queue_ping = request.app.get(QUEUE_PING)
+    if queue_ping is not None:
+        try:
+            await asyncio.wait_for(queue_ping(), 2)
+            answer["redis"] = "ok"
+        except Exception as exc:
+            log.warning("health check: Redis unavailable: %s", exc)
+            answer["redis"] = "down"
+    return json_response(answer)
 
 
 async def metrics(request: web.Request) -> web.Response:

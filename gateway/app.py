@@ -46,6 +46,7 @@ from gateway.web_keys import (
     MAX_BODY,
     METRICS,
     PUBLIC_METRICS,
+    QUEUE_PING,
     RECEIPTS,
     REGISTRY,
     RELEASE_LIST,
@@ -103,6 +104,7 @@ def build_app(
             if settings.redis.url is not None:  # one of several gateways
                 deployment = await store.deployment()
                 link = await stack.enter_async_context(RedisLink(settings.redis.url, deployment))
+                app[QUEUE_PING] = link.ping
             built = channels if channels is not None else build_channels(settings, book, desk.sink)
             runtimes = {}
             for name, channel in built.items():

@@ -6,6 +6,8 @@ the console. The authenticator's key and the request's client are in `gateway.gu
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from gateway.coverage import CoverageTracker
@@ -30,3 +32,5 @@ RECEIPTS = web.AppKey("receipts", ReceiptDesk)
 TRACKER = web.AppKey("tracker", CoverageTracker)
 RELEASE_LIST = web.AppKey("release_list", ReleaseList)
 PUBLIC_METRICS = web.AppKey("public_metrics", bool)
+QUEUE_PING: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("queue_ping")
+"""Raises unless the shared queue (Redis) answers; set only with several gateways."""

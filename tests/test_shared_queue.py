@@ -244,3 +244,22 @@ async def test_a_board_ack_is_read_by_one_gateway(
     got = await receipts()
     assert len(got) == 5
     assert not [e for e in got if e["data"].get("duplicate")]
+
+
+async def test_healthz_tells_whether_redis_answers_and_stays_200_without_it(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, own_redis: RedisServer
+) -> None:
+    """Without Redis a gateway still accepts warnings durably (queued once Redis is back), so
+    a load balancer keeps sending it requests; /healthz says Redis is down."""
+    (a, b), _ = await two_gateways(tmp_path, make_client, pg_url, own_redis.url())
+    resp = await a.get("/healthz")
+    assert (resp.status, await resp.json()) == (200, {"status": "ok", "store": "ok", "redis": "ok"})
+    await asyncio.to_thread(own_redis.kill)
+    resp = await a.get("/healthz")
+    assert (resp.status, (await resp.json())["redis"]) == (200, "down")
+    body = warning_body(channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    assert resp.status == 202, await resp.json()
+    await asyncio.to_thread(own_redis.start)
+    state = await wait_settled(b, body["id"], within=60)  # queued once Redis is back
+    assert state["channels"]["sms"]["delivered"] == (await resp.json())["deliveries"]

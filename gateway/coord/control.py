@@ -2,7 +2,7 @@
 and the roll of live processes.
 
 Each process writes a heartbeat to the sorted set `members` every `HEARTBEAT_S`; a process
-whose heartbeat is older than `claim_idle_s` is dead. Messages (JSON, with the sender's name):
+whose heartbeat is older than `LIVE_S` is not live. Messages (JSON, with the sender's name):
 
 - `stop` {warning, req}: the warning was superseded, cancelled or expired; each other live
   process stops its deliveries (queued, waiting or in flight) and then pushes its name to the
@@ -36,6 +36,9 @@ from gateway.coord.link import RedisLink
 log = logging.getLogger("gateway.coord")
 
 HEARTBEAT_S = 1.0
+LIVE_S = 3 * HEARTBEAT_S
+"""A process silent this long is not waited for by a stop (its claims are taken over only
+after claim_idle_s: a pause is not death, but a stop must not wait on one)."""
 STOP_WAIT_S = 2.0
 """How long a stop waits for the other processes' word that they stopped."""
 ACKS_KEPT_S = 60
@@ -78,7 +81,7 @@ class Control:
 
     async def live(self) -> set[str]:
         """The names of the processes whose heartbeat is recent, this one included."""
-        since = (time.time() - self.claim_idle_s) * 1000
+        since = (time.time() - LIVE_S) * 1000
         names = await self.link.client.zrangebyscore(self.members, since, "+inf")
         return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
 

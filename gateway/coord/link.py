@@ -46,6 +46,10 @@ class RedisLink:
         """`gw:{deployment}:part:part...`."""
         return ":".join((self.namespace, *parts))
 
+    async def ping(self) -> None:
+        """Raises redis.RedisError unless Redis answers."""
+        await self.client.ping()
+
     async def __aenter__(self) -> Self:
         return self
 
