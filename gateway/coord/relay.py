@@ -171,17 +171,27 @@ class SharedQueue:
 
     async def _claimed(self, entries: Sequence[Entry]) -> None:
         """Queue here the claimed `entries` whose deliveries are pending; ack the rest."""
-        again = [e for e in entries if e.delivery_id in self._held]
-        fresh = [e for e in entries if e.delivery_id not in self._held]
+        again: list[Entry] = []
+        fresh: list[Entry] = []
+        for e in entries:
+            if e.delivery_id in self._held:
+                again.append(e)
+            else:
+                # Held (so renewed) from now on: reading the store may take a while (it may
+                # be down), and a claim left idle meanwhile would be taken over and sent twice.
+                self._held[e.delivery_id] = e
+                fresh.append(e)
         records = {r.id: r for r in await self._read([e.delivery_id for e in fresh])}
         over: list[Entry] = []
         by_warning: dict[str, list[DeliveryRecord]] = {}
         for e in fresh:
+            if self._held.get(e.delivery_id) is not e:
+                continue  # lost meanwhile (another process holds it now)
             rec = records.get(e.delivery_id)
-            if rec is None or rec.state != DeliveryState.PENDING or e.delivery_id in self._held:
+            if rec is None or rec.state != DeliveryState.PENDING:
+                del self._held[e.delivery_id]
                 over.append(e)
                 continue
-            self._held[rec.id] = e
             by_warning.setdefault(rec.warning_id, []).append(rec)
         for warning_id, recs in by_warning.items():
             try:
