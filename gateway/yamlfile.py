@@ -100,9 +100,9 @@ def _build(text: str) -> object:
     """
     loader: Any = _FAST_LOADER(text)
     try:
+        _begin(loader)
         get = loader.get_event
-        if type(get()) is not StreamStartEvent or type(get()) is not DocumentStartEvent:
-            raise _Unusual
+        tags: dict[str, str] = {}  # a plain scalar's tag depends on its text alone
         top: list[object] = []
         open_: list[Any] = [top]
         keys: list[object] = [_NO_KEY]  # per open mapping, the key that waits for its value
@@ -111,10 +111,10 @@ def _build(text: str) -> object:
             kind = type(event)
             value: object
             if kind is ScalarEvent:
-                value = _scalar(loader, event)
+                value = _scalar(loader, event, tags)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                tags = _MAP_TAGS if kind is MappingStartEvent else _SEQ_TAGS
-                if event.anchor is not None or event.tag not in tags:
+                allowed = _MAP_TAGS if kind is MappingStartEvent else _SEQ_TAGS
+                if event.anchor is not None or event.tag not in allowed:
                     raise _Unusual
                 open_.append({} if kind is MappingStartEvent else [])
                 keys.append(_NO_KEY)
@@ -130,7 +130,7 @@ def _build(text: str) -> object:
             if type(into) is list:
                 into.append(value)
             elif keys[-1] is _NO_KEY:
-                if not isinstance(value, Hashable):
+                if type(value) is not str and not isinstance(value, Hashable):
                     raise _Unusual
                 keys[-1] = value
             else:
@@ -143,15 +143,28 @@ def _build(text: str) -> object:
         loader.dispose()
 
 
-def _scalar(loader: Any, event: Any) -> object:
-    """A scalar's value, resolved and constructed as PyYAML's safe loader does."""
+def _begin(loader: Any) -> None:
+    """Past the start of the stream and of its one document, or _Unusual."""
+    if loader.yaml_path_resolvers:  # a plain scalar's tag would depend on its place
+        raise _Unusual
+    if type(loader.get_event()) is not StreamStartEvent:
+        raise _Unusual
+    if type(loader.get_event()) is not DocumentStartEvent:
+        raise _Unusual
+
+
+def _scalar(loader: Any, event: Any, tags: dict[str, str]) -> object:
+    """A scalar's value, resolved and constructed as PyYAML's safe loader does; `tags` keeps
+    the tags that plain scalars resolved to."""
     if event.anchor is not None:
         raise _Unusual
     tag = event.tag
     if tag in _PLAIN_TAGS:
-        if not event.implicit[0] and not loader.yaml_path_resolvers:
-            return event.value  # quoted: a string (what `resolve` would say, faster)
-        tag = loader.resolve(ScalarNode, event.value, event.implicit)
+        if not event.implicit[0]:
+            return event.value  # quoted: a string, as `resolve` would say
+        tag = tags.get(event.value)
+        if tag is None:
+            tag = tags[event.value] = loader.resolve(ScalarNode, event.value, event.implicit)
     if tag == _STR:
         return event.value
     construct = loader.yaml_constructors.get(tag)
