@@ -31,7 +31,6 @@ M = TypeVar("M", bound=BaseModel)
 # without libyaml.
 _FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
-_MERGE = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS = (None, "!")
 _MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
 _SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
@@ -39,8 +38,8 @@ _NO_KEY = object()
 
 
 class _Unusual(Exception):
-    """YAML that `_build` leaves to PyYAML's own loader: anchors, aliases, merge keys,
-    explicit collection tags, unhashable keys, several documents, or an error."""
+    """YAML that `_build` leaves to PyYAML's own loader: aliases, merge keys, explicit
+    collection tags, unknown tags, unhashable keys, several documents, or an error."""
 
 
 def dotted(loc: tuple[int | str, ...]) -> str:
@@ -114,7 +113,7 @@ def _build(text: str) -> object:
                 value = _scalar(loader, event, tags)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 allowed = _MAP_TAGS if kind is MappingStartEvent else _SEQ_TAGS
-                if event.anchor is not None or event.tag not in allowed:
+                if event.tag not in allowed:
                     raise _Unusual
                 open_.append({} if kind is MappingStartEvent else [])
                 keys.append(_NO_KEY)
@@ -124,7 +123,7 @@ def _build(text: str) -> object:
                 keys.pop()
             elif kind is DocumentEndEvent:
                 break
-            else:  # an alias
+            else:  # an alias: its anchor's value again (an anchor alone changes nothing)
                 raise _Unusual
             into = open_[-1]
             if type(into) is list:
@@ -156,8 +155,6 @@ def _begin(loader: Any) -> None:
 def _scalar(loader: Any, event: Any, tags: dict[str, str]) -> object:
     """A scalar's value, resolved and constructed as PyYAML's safe loader does; `tags` keeps
     the tags that plain scalars resolved to."""
-    if event.anchor is not None:
-        raise _Unusual
     tag = event.tag
     if tag in _PLAIN_TAGS:
         if not event.implicit[0]:
@@ -168,7 +165,7 @@ def _scalar(loader: Any, event: Any, tags: dict[str, str]) -> object:
     if tag == _STR:
         return event.value
     construct = loader.yaml_constructors.get(tag)
-    if construct is None or tag == _MERGE:
+    if construct is None:  # an unknown tag, or a merge key (`<<`)
         raise _Unusual
     return construct(loader, ScalarNode(tag, event.value, event.start_mark, event.end_mark))
 
