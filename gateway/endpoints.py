@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.exceptions import ConfigError
 from gateway.model import Audience
 from gateway.townships import Registry
 from gateway.values import Endpoint
-from gateway.yamlfile import collector_paused, load_model
+from gateway.yamlfile import collector_paused, load_model, load_yaml
 
 log = logging.getLogger("gateway.endpoints")
 
@@ -120,15 +120,60 @@ class EndpointBook:
 
 def read_endpoints(path: Path, registry: Registry) -> list[Endpoint]:
     """The validated endpoints of endpoints.yaml in config order, without their secrets
-    (`with_secrets`); equal values share one object (a city has 100,000 endpoints)."""
+    (`with_secrets`); equal values share one object (a city has 100,000 endpoints).
+
+    Townships are validated one at a time and their parsed YAML dropped as they go, so the
+    models of the whole file are never alive at once (they took more memory than the book).
+    On any error the whole file is validated at once, as it always was, so that the
+    ConfigError is the one it always was: the first validation error of the file (with the
+    count of the others), else the first other problem.
+    """
     with collector_paused():
-        return _read(path, registry, load_model(path, _EndpointsFile))
+        data = load_yaml(path)
+        try:
+            return _by_township(path, registry, data)
+        except (ConfigError, ValidationError, _Unexpected):
+            pass
+        # `data` is used up by now: parsed again.
+        whole = load_model(path, _EndpointsFile)
+        return _read(path, registry, whole.townships.items(), whole)
 
 
-def _read(path: Path, registry: Registry, data: _EndpointsFile) -> list[Endpoint]:
+class _Unexpected(Exception):
+    """A file whose shape the township-by-township reading leaves to the whole-file one."""
+
+
+_TOWNSHIP_ITEMS = TypeAdapter(list[_TownshipEndpoint])
+_TOP_KEYS = frozenset(_EndpointsFile.model_fields)
+
+
+def _by_township(path: Path, registry: Registry, data: object) -> list[Endpoint]:
+    data = {} if data is None else data
+    if not isinstance(data, dict) or not data.keys() <= _TOP_KEYS:
+        raise _Unexpected
+    townships = data.pop("townships", {})
+    if not isinstance(townships, dict):
+        raise _Unexpected
+
+    def validated() -> Iterator[tuple[str, list[_TownshipEndpoint]]]:
+        for code in list(townships):
+            if type(code) is not str:
+                raise _Unexpected
+            yield code, _TOWNSHIP_ITEMS.validate_python(townships.pop(code))
+
+    return _read(path, registry, validated(), _EndpointsFile.model_validate(data))
+
+
+def _read(
+    path: Path,
+    registry: Registry,
+    townships: Iterable[tuple[str, list[_TownshipEndpoint]]],
+    data: _EndpointsFile,
+) -> list[Endpoint]:
+    """The endpoints of validated townships, then partners and command centres of `data`."""
     share = Shared()
     endpoints: list[Endpoint] = []
-    for code, items in data.townships.items():
+    for code, items in townships:
         if code not in registry.townships:
             raise ConfigError(str(path), f"townships.{code}", "unknown township code")
         code = sys.intern(code)

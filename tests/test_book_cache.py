@@ -250,3 +250,75 @@ def test_yaml_is_read_as_yaml_safe_load_reads_it(text: str, tmp_path: Path) -> N
 def test_shipped_files_read_as_yaml_safe_load_reads_them(name: str) -> None:
     text = (REPO_CONFIG / name).read_text(encoding="utf-8")
     assert repr(parse_yaml(REPO_CONFIG / name, text)) == repr(yaml.safe_load(text))
+
+
+BAD_FILES = [
+    # (endpoints.yaml, key, reason): what the gateway said before townships were validated one
+    # at a time, and must still say.
+    pytest.param(
+        'townships: {"500199999": [{id: a, channel: sms, phones: ["13800000000"]}],'
+        ' "500103001": [{id: b, channel: fax}]}\n',
+        "townships.500103001[0].channel",
+        "Input should be 'mqtt', 'sms' or 'email'",
+        id="unknown-township-then-bad-channel",
+    ),
+    pytest.param(
+        'townships: {"500103001": [{id: a, channel: fax}],'
+        ' "500101001": [{id: "b c", channel: sms, phones: ["1"]}]}\n',
+        "townships.500103001[0].channel",
+        "Input should be 'mqtt', 'sms' or 'email' (and 1 more error(s))",
+        id="two-bad-townships",
+    ),
+    pytest.param(
+        'townships: {"500103001": [{id: a, channel: sms, phones: []}]}\n'
+        'partners: [{id: p, name: p, url: "ftp://x"}]\n',
+        "partners[0].url",
+        "String should match pattern '^https?://'",
+        id="township-problem-then-bad-partner",
+    ),
+    pytest.param(
+        'townships: {500103001: [{id: a, channel: sms, phones: ["13800000000"]}]}\n',
+        "townships[500103001].[key]",
+        "Input should be a valid string",
+        id="unquoted-code",
+    ),
+    pytest.param(
+        "townships: [1, 2]\n",
+        "townships",
+        "Input should be a valid dictionary",
+        id="townships-list",
+    ),
+    pytest.param("township: {}\n", "township", "Extra inputs are not permitted", id="unknown-key"),
+    pytest.param(
+        "- 1\n",
+        "(top)",
+        "Input should be a valid dictionary or instance of _EndpointsFile",
+        id="top-not-a-mapping",
+    ),
+    pytest.param(
+        'townships: {"500103001": [{id: a, channel: sms, phones: ["13800000000"]},'
+        " {id: b, channel: mqtt, kind: display, levels: [5]}]}\n",
+        "townships.500103001[1].levels",
+        "levels are 1-4",
+        id="bad-levels-late",
+    ),
+    pytest.param(
+        'townships: {"500103001": [{id: a, channel: mqtt, kind: display}],'
+        ' "500101001": [{id: a, channel: mqtt, kind: display}]}\n',
+        "a",
+        "duplicate endpoint id",
+        id="duplicate-across-townships",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), BAD_FILES)
+def test_a_bad_file_is_refused_naming_the_key_and_reason_it_always_did(
+    text: str, key: str, reason: str, registry: Registry, tmp_path: Path
+) -> None:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_book(path, REPO_CONFIG / "townships.yaml", registry, {}, tmp_path / "cache")
+    assert (info.value.file, info.value.key, info.value.reason) == (str(path), key, reason)
+    assert not (tmp_path / "cache" / FILE_NAME).exists()
