@@ -83,14 +83,15 @@ class EndpointBook:
         self.by_id: dict[str, Endpoint] = {}
         self.by_township: dict[str, list[Endpoint]] = {}
         self.centres: dict[str, list[Endpoint]] = {}
-        for e in endpoints:
-            self.by_id[e.id] = e
-            if e.escalation_for is not None:
-                self.centres.setdefault(e.escalation_for, []).append(e)
-                continue
-            for t in e.townships:
-                self.by_township.setdefault(t, []).append(e)
-        self._order = {eid: i for i, eid in enumerate(self.by_id)}
+        with collector_paused():
+            for e in endpoints:
+                self.by_id[e.id] = e
+                if e.escalation_for is not None:
+                    self.centres.setdefault(e.escalation_for, []).append(e)
+                    continue
+                for t in e.townships:
+                    self.by_township.setdefault(t, []).append(e)
+            self._order = {eid: i for i, eid in enumerate(self.by_id)}
 
     def serving(self, townships: Iterable[str]) -> list[Endpoint]:
         """Every endpoint serving any of `townships`, each once, in config order."""
