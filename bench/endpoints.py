@@ -6,10 +6,14 @@ and the stub SMS provider. `gateway serve` runs as its own process: started cold
 book cache, as on a fresh machine) and again warm (the cache the first start wrote), each timed
 from the process's start to the first /healthz 200. Then one warning for the whole city to
 responsible persons, which reaches every endpoint: the process's RSS is sampled every 50 ms
-until every delivery has ended. RSS and peak (VmHWM) come from /proc/PID/status.
+until every delivery has ended. RSS and peak (VmHWM) come from /proc/PID/status. Each kind of
+start runs `--repeat` times (the cold ones each without the cache); the table gives the median
+and the range.
 
     python bench/endpoints.py
-    python bench/endpoints.py --counts 10000,50000,100000
+    python bench/endpoints.py --counts 0,10000,50000,100000 --repeat 5
+
+`--counts 0` is the floor: command centres only, what every start costs whatever the book.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -60,7 +65,7 @@ def write_config(out: Path, count: int) -> Path:
     districts = townships()
     codes = [t for _, ts in districts for t in ts]
     per, extra = divmod(count, len(codes))
-    lines = ["townships:"]
+    lines = ["townships:" if count else "townships: {}"]
     for i, code in enumerate(codes):
         n = per + (1 if i < extra else 0)
         if n:
@@ -150,10 +155,12 @@ def fan_out(gw: GatewayProcess, count: int, timeout: float) -> dict[str, float]:
     }
 
 
-def measure(count: int, timeout: float) -> dict[str, Any]:
+def measure(count: int, timeout: float, repeat: int) -> dict[str, Any]:
+    """Cold and warm starts, `repeat` of each, and one fan-out after the last warm start."""
     with tempfile.TemporaryDirectory(prefix="bench-endpoints-") as tmp:
         work = Path(tmp)
         config = write_config(work / "config", count)
+        cache = work / "cache" / FILE_NAME
         env = {
             "GATEWAY_CONFIG": str(config),
             "GATEWAY_STORE": f"sqlite:///{work}/gateway.db",
@@ -162,39 +169,55 @@ def measure(count: int, timeout: float) -> dict[str, Any]:
         }
         row: dict[str, Any] = {"count": count}
         for kind in ("cold", "warm"):
-            cached = (work / "cache" / FILE_NAME).exists()
-            if cached != (kind == "warm"):
-                raise SystemExit(f"{kind} start, but the cache is {'' if cached else 'not '}there")
-            gw, took = start(env, work)
-            try:
-                assert gw.proc is not None
-                row[kind] = {"start_s": took, **status(gw.proc.pid)}
-                if kind == "warm":
-                    row["fanout"] = fan_out(gw, count, timeout)
-            finally:
-                gw.stop()
+            times = []
+            for i in range(repeat):
+                if kind == "cold":
+                    cache.unlink(missing_ok=True)
+                elif not cache.exists():
+                    raise SystemExit("warm start, but the cold one left no cache")
+                gw, took = start(env, work)
+                times.append(took)
+                try:
+                    assert gw.proc is not None
+                    row[kind] = {"times": times, **status(gw.proc.pid)}
+                    if kind == "warm" and i == repeat - 1 and count:
+                        row["fanout"] = fan_out(gw, count, timeout)
+                finally:
+                    gw.stop()
         return row
+
+
+def _times(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="10000,50000,100000", help="numbers of endpoints")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a fan-out")
+    parser.add_argument("--repeat", type=int, default=3, help="starts of each kind")
     args = parser.parse_args()
-    rows = [measure(int(n), args.timeout) for n in args.counts.split(",")]
+    rows = [measure(int(n), args.timeout, args.repeat) for n in args.counts.split(",")]
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
+    print(f"start to /healthz 200: median of {args.repeat} (min-max)")
     print(
         "| endpoints | cold start | its peak | warm start | RSS after | fan-out peak RSS "
         "| RSS after | fan-out per delivery | 202 / all delivered |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cold, warm, fan = r["cold"], r["warm"], r["fanout"]
+        cold, warm = r["cold"], r["warm"]
+        line = (
+            f"| {r['count']:,} | {_times(cold['times'])} | {cold['VmHWM'] / MIB:.0f} MiB "
+            f"| {_times(warm['times'])} | {warm['VmRSS'] / MIB:.0f} MiB "
+        )
+        fan = r.get("fanout")
+        if fan is None:
+            print(line + "| - | - | - | - |")
+            continue
         per = (fan["peak"] - warm["VmRSS"]) / r["count"] / 1024
         print(
-            f"| {r['count']:,} | {cold['start_s']:.2f} s | {cold['VmHWM'] / MIB:.0f} MiB "
-            f"| {warm['start_s']:.2f} s | {warm['VmRSS'] / MIB:.0f} MiB "
-            f"| {fan['peak'] / MIB:.0f} MiB | {fan['after'] / MIB:.0f} MiB | {per:.1f} KiB "
+            line + f"| {fan['peak'] / MIB:.0f} MiB | {fan['after'] / MIB:.0f} MiB | {per:.1f} KiB "
             f"| {fan['accepted_s']:.2f} / {fan['drained_s']:.1f} s |"
         )
 
