@@ -201,14 +201,15 @@ def main() -> None:
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
     print(f"start to /healthz 200: median of {args.repeat} (min-max)")
     print(
-        "| endpoints | cold start | its peak | warm start | RSS after | fan-out peak RSS "
-        "| RSS after | fan-out per delivery | 202 / all delivered |"
+        "| endpoints | cold start | its peak | RSS after | warm start | RSS after "
+        "| fan-out peak RSS | RSS after | fan-out per delivery | 202 / all delivered |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cold, warm = r["cold"], r["warm"]
         line = (
             f"| {r['count']:,} | {_times(cold['times'])} | {cold['VmHWM'] / MIB:.0f} MiB "
+            f"| {cold['VmRSS'] / MIB:.0f} MiB "
             f"| {_times(warm['times'])} | {warm['VmRSS'] / MIB:.0f} MiB "
         )
         fan = r.get("fanout")
