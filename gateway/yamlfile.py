@@ -82,8 +82,14 @@ def parse_yaml(path: Path, text: str) -> object:
     with collector_paused():
         try:
             return _build(text)
-        except (_Unusual, yaml.YAMLError):
+        except _Unusual:
+            try:
+                return yaml.load(text, Loader=_FAST_LOADER)
+            except yaml.YAMLError:
+                pass
+        except yaml.YAMLError:
             pass
+    # The error as the pure-Python loader words it, with libyaml or without.
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
