@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import add_routes, error_middleware
+from gateway.book_cache import load_book
 from gateway.channel_registry import build_channels
 from gateway.channels.base import Channel
 from gateway.clients import Authenticator
@@ -73,7 +74,13 @@ def build_app(
     release_list = ReleaseList.load(settings.release_list_path)
     authority = AuthorityPolicy(release_list, registry)
     if book is None:
-        book = EndpointBook.load(settings.endpoints_path, registry, settings.env)
+        book = load_book(
+            settings.endpoints_path,
+            settings.townships_path,
+            registry,
+            settings.env,
+            settings.cache_dir,
+        )
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes + 1,

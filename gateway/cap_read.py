@@ -15,10 +15,9 @@ from __future__ import annotations
 import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import defusedxml.ElementTree as defused_et
-import xmlschema
 from defusedxml import DefusedXmlException, DTDForbidden
 
 from gateway.cap_profile import (
@@ -41,6 +40,9 @@ from gateway.cap_profile import (
 from gateway.exceptions import FieldError, InvalidWarning, PayloadTooLarge
 from gateway.text import unicode_errors
 from gateway.townships import normalise
+
+if TYPE_CHECKING:
+    import xmlschema
 
 
 def cap_to_document(
@@ -315,6 +317,9 @@ def _area(areas: Sequence[ET.Element], doc: dict[str, Any]) -> None:
 
 @functools.cache
 def _schema() -> xmlschema.XMLSchema:
+    # Imported here, not at start: xmlschema alone took a quarter of the gateway's start-up.
+    import xmlschema
+
     # Loaded from text with every resource access blocked: the CAP schema imports nothing.
     text = SCHEMA_PATH.read_text(encoding="utf-8")
     return xmlschema.XMLSchema(text, allow="none", defuse="always")

@@ -236,6 +236,17 @@ class Settings:
     def endpoints_path(self) -> Path:
         return self.config_file("endpoints.yaml")
 
+    @property
+    def cache_dir(self) -> Path | None:
+        """Where files derived from the config are kept between starts (the endpoint book's
+        cache): GATEWAY_CACHE_DIR, else `cache/` beside the SQLite database; None, no cache,
+        for a PostgreSQL store without GATEWAY_CACHE_DIR."""
+        if self.env.get("GATEWAY_CACHE_DIR"):
+            return Path(self.env["GATEWAY_CACHE_DIR"])
+        if self.store_url.startswith("sqlite:///"):
+            return Path(self.store_url.removeprefix("sqlite:///")).parent / "cache"
+        return None
+
     def config_file(self, name: str) -> Path:
         """`name` in the config directory, or the shipped default when the directory has none
         (a deployment may override only gateway.yaml and endpoints.yaml)."""

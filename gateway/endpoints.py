@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.exceptions import ConfigError
 from gateway.model import Audience
 from gateway.townships import Registry
 from gateway.values import Endpoint
-from gateway.yamlfile import load_model
+from gateway.yamlfile import collector_paused, load_model, load_yaml
 
 log = logging.getLogger("gateway.endpoints")
 
+H = TypeVar("H", bound=Hashable)
+
 ENDPOINT_ID = r"^[A-Za-z0-9._-]{1,100}$"
+_PHONE = re.compile(r"\+?\d{5,15}")
 BOTH = frozenset({Audience.PUBLIC.value, Audience.RESPONSIBLE_PERSONS.value})
 DEFAULT_AUDIENCES = {
     "mqtt": frozenset({Audience.PUBLIC.value}),
@@ -41,12 +45,14 @@ class _Common(BaseModel):
 
 
 class _TownshipEndpoint(_Common):
+    # Factories, not `= []`: pydantic deep-copies a mutable default for every item, which was
+    # half the validation time of 100,000 endpoints.
     channel: Literal["mqtt", "sms", "email"]
     kind: Literal["display", "broadcast"] | None = None
-    devices: list[str] = []
+    devices: list[str] = Field(default_factory=list)
     group: str | None = None
-    phones: list[str] = []
-    to: list[str] = []
+    phones: list[str] = Field(default_factory=list)
+    to: list[str] = Field(default_factory=list)
 
 
 class _Partner(_Common):
@@ -79,14 +85,15 @@ class EndpointBook:
         self.by_id: dict[str, Endpoint] = {}
         self.by_township: dict[str, list[Endpoint]] = {}
         self.centres: dict[str, list[Endpoint]] = {}
-        for e in endpoints:
-            self.by_id[e.id] = e
-            if e.escalation_for is not None:
-                self.centres.setdefault(e.escalation_for, []).append(e)
-                continue
-            for t in e.townships:
-                self.by_township.setdefault(t, []).append(e)
-        self._order = {eid: i for i, eid in enumerate(self.by_id)}
+        with collector_paused():
+            for e in endpoints:
+                self.by_id[e.id] = e
+                if e.escalation_for is not None:
+                    self.centres.setdefault(e.escalation_for, []).append(e)
+                    continue
+                for t in e.townships:
+                    self.by_township.setdefault(t, []).append(e)
+            self._order = {eid: i for i, eid in enumerate(self.by_id)}
 
     def serving(self, townships: Iterable[str]) -> list[Endpoint]:
         """Every endpoint serving any of `townships`, each once, in config order."""
@@ -106,29 +113,108 @@ class EndpointBook:
 
     @classmethod
     def load(cls, path: Path, registry: Registry, env: Mapping[str, str]) -> EndpointBook:
-        data = load_model(path, _EndpointsFile)
-        endpoints: list[Endpoint] = []
-        for code, items in data.townships.items():
-            if code not in registry.townships:
-                raise ConfigError(str(path), f"townships.{code}", "unknown township code")
-            for i, item in enumerate(items):
-                endpoints.append(_township_endpoint(path, f"townships.{code}[{i}]", code, item))
-        for i, p in enumerate(data.partners):
-            endpoints.append(_partner(path, f"partners[{i}]", p, registry, env))
-        for code, centre in data.command_centres.items():
-            if not registry.known(code):
-                raise ConfigError(str(path), f"command_centres.{code}", "unknown area code")
-            endpoints.extend(_centre(path, f"command_centres.{code}", code, centre))
-        seen: set[str] = set()
-        for e in endpoints:
-            if e.id in seen:
-                raise ConfigError(str(path), e.id, "duplicate endpoint id")
-            seen.add(e.id)
-        return cls(endpoints)
+        """The book of endpoints.yaml, secrets read from `env`; a bad file is a ConfigError."""
+        return cls(with_secrets(read_endpoints(path, registry), env))
 
     def without_secret(self) -> list[str]:
         """Ids of webhook endpoints whose secret is not set (their deliveries will fail)."""
         return [e.id for e in self.by_id.values() if e.channel == "webhook" and not e.secret]
+
+
+def read_endpoints(path: Path, registry: Registry) -> list[Endpoint]:
+    """The validated endpoints of endpoints.yaml in config order, without their secrets
+    (`with_secrets`); equal values share one object (a city has 100,000 endpoints).
+
+    Townships are validated one at a time and their parsed YAML dropped as they go, so the
+    models of the whole file are never alive at once (they took more memory than the book).
+    On any error the whole file is validated at once, as it always was, so that the
+    ConfigError is the one it always was: the first validation error of the file (with the
+    count of the others), else the first other problem.
+    """
+    with collector_paused():
+        data = load_yaml(path)
+        try:
+            return _by_township(path, registry, data)
+        except (ConfigError, ValidationError, _Unexpected):
+            pass
+        # `data` is used up by now: parsed again.
+        whole = load_model(path, _EndpointsFile)
+        return _read(path, registry, whole.townships.items(), whole)
+
+
+class _Unexpected(Exception):
+    """A file whose shape the township-by-township reading leaves to the whole-file one."""
+
+
+_TOWNSHIP_ITEMS = TypeAdapter(list[_TownshipEndpoint])
+_TOP_KEYS = frozenset(_EndpointsFile.model_fields)
+
+
+def _by_township(path: Path, registry: Registry, data: object) -> list[Endpoint]:
+    data = {} if data is None else data
+    if not isinstance(data, dict) or not data.keys() <= _TOP_KEYS:
+        raise _Unexpected
+    townships = data.pop("townships", {})
+    if not isinstance(townships, dict):
+        raise _Unexpected
+
+    def validated() -> Iterator[tuple[str, list[_TownshipEndpoint]]]:
+        for code in list(townships):
+            if type(code) is not str:
+                raise _Unexpected
+            yield code, _TOWNSHIP_ITEMS.validate_python(townships.pop(code))
+
+    return _read(path, registry, validated(), _EndpointsFile.model_validate(data))
+
+
+def _read(
+    path: Path,
+    registry: Registry,
+    townships: Iterable[tuple[str, list[_TownshipEndpoint]]],
+    data: _EndpointsFile,
+) -> list[Endpoint]:
+    """The endpoints of validated townships, then partners and command centres of `data`."""
+    share = Shared()
+    endpoints: list[Endpoint] = []
+    for code, items in townships:
+        if code not in registry.townships:
+            raise ConfigError(str(path), f"townships.{code}", "unknown township code")
+        code = sys.intern(code)
+        for i, item in enumerate(items):
+            key = f"townships.{code}[{i}]"
+            endpoints.append(_township_endpoint(path, key, code, item, share))
+    for i, p in enumerate(data.partners):
+        endpoints.append(_partner(path, f"partners[{i}]", p, registry, share))
+    for code, centre in data.command_centres.items():
+        if not registry.known(code):
+            raise ConfigError(str(path), f"command_centres.{code}", "unknown area code")
+        endpoints.extend(_centre(path, f"command_centres.{code}", code, centre))
+    seen: set[str] = set()
+    for e in endpoints:
+        if e.id in seen:
+            raise ConfigError(str(path), e.id, "duplicate endpoint id")
+        seen.add(e.id)
+    return endpoints
+
+
+def with_secrets(endpoints: Iterable[Endpoint], env: Mapping[str, str]) -> list[Endpoint]:
+    """`endpoints` with each webhook's secret read from its `secret_env` in `env`."""
+    return [
+        replace(e, secret=env.get(e.secret_env) or None) if e.secret_env else e for e in endpoints
+    ]
+
+
+class Shared:
+    """One object for each distinct value: the townships tuple of one township, a set of
+    levels, a channel name are each kept once, not once per endpoint."""
+
+    def __init__(self) -> None:
+        self._seen: dict[object, object] = {}
+
+    def __call__(self, value: H) -> H:
+        kept = self._seen.setdefault(value, value)
+        assert type(kept) is type(value)
+        return kept
 
 
 def _levels(path: Path, key: str, levels: list[int] | None) -> frozenset[int]:
@@ -143,33 +229,39 @@ def _audiences(channel: str, audiences: list[Audience] | None) -> frozenset[str]
     return frozenset(a.value for a in audiences) if audiences else DEFAULT_AUDIENCES[channel]
 
 
-def _township_endpoint(path: Path, key: str, code: str, item: _TownshipEndpoint) -> Endpoint:
-    base = Endpoint(
-        id=item.id,
-        channel=item.channel,
-        townships=(code,),
-        target="",
-        audiences=_audiences(item.channel, item.audiences),
-        levels=_levels(path, key, item.levels),
-    )
+def _township_endpoint(
+    path: Path, key: str, code: str, item: _TownshipEndpoint, share: Shared
+) -> Endpoint:
+    target: str
+    devices: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
     if item.channel == "mqtt":
         if item.kind is None:
             raise ConfigError(str(path), f"{key}.kind", "an mqtt endpoint needs display|broadcast")
-        return replace(base, target=item.kind, devices=tuple(item.devices))
-    if item.channel == "sms":
-        bad = [p for p in item.phones if not re.fullmatch(r"\+?\d{5,15}", p)]
+        target, devices = share(item.kind), tuple(item.devices)
+    elif item.channel == "sms":
+        bad = [p for p in item.phones if not _PHONE.fullmatch(p)]
         if not item.phones or bad:
             raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
-        return replace(base, target=item.group or item.id, recipients=tuple(item.phones))
-    bad = [a for a in item.to if "@" not in a]
-    if not item.to or bad:
-        raise ConfigError(str(path), f"{key}.to", "needs email addresses")
-    return replace(base, target=item.to[0], recipients=tuple(item.to))
+        target, recipients = item.group or item.id, tuple(item.phones)
+    else:
+        bad = [a for a in item.to if "@" not in a]
+        if not item.to or bad:
+            raise ConfigError(str(path), f"{key}.to", "needs email addresses")
+        target, recipients = item.to[0], tuple(item.to)
+    return Endpoint(
+        id=item.id,
+        channel=share(item.channel),
+        townships=share((code,)),
+        target=target,
+        recipients=recipients,
+        devices=devices,
+        audiences=share(_audiences(item.channel, item.audiences)),
+        levels=share(_levels(path, key, item.levels)),
+    )
 
 
-def _partner(
-    path: Path, key: str, p: _Partner, registry: Registry, env: Mapping[str, str]
-) -> Endpoint:
+def _partner(path: Path, key: str, p: _Partner, registry: Registry, share: Shared) -> Endpoint:
     if p.districts == "all":
         townships = tuple(registry.townships)
     else:
@@ -177,13 +269,12 @@ def _partner(
         if unknown:
             raise ConfigError(str(path), f"{key}.districts", f"unknown: {', '.join(unknown)}")
         townships = tuple(registry.expand(p.districts))
-    secret = env.get(p.secret_env) if p.secret_env else None
     return Endpoint(
         id=p.id,
         channel="webhook",
-        townships=townships,
+        townships=share(townships),
         target=p.url,
-        secret=secret or None,
+        secret_env=p.secret_env,
         timeout=p.timeout_s,
         audiences=_audiences("webhook", p.audiences),
         levels=_levels(path, key, p.levels),
@@ -209,7 +300,7 @@ def _centre(path: Path, key: str, code: str, c: _Centre) -> list[Endpoint]:
             )
         )
     if c.phones:
-        if any(not re.fullmatch(r"\+?\d{5,15}", p) for p in c.phones):
+        if any(not _PHONE.fullmatch(p) for p in c.phones):
             raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
         out.append(
             Endpoint(

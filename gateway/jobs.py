@@ -28,10 +28,11 @@ _CLEAR_GRACE = timedelta(seconds=CLEAR_GRACE_S)
 _NO_GRACE = timedelta(0)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """A delivery on its way: what to send, to whom, and the attempts made so far (counted
-    across restarts, so a restart grants no fresh set of attempts)."""
+    across restarts, so a restart grants no fresh set of attempts). Slotted: a fan-out has one
+    per delivery."""
 
     notice: Notice
     rec: DeliveryRecord

@@ -15,14 +15,15 @@ from typing import Any
 LEVEL_COLOURS = {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One place a warning can go, from endpoints.yaml.
 
     `townships` are the 9-digit codes it serves (every township of the city for city-wide
     partners). `target` is channel-specific: the MQTT kind (`display`/`broadcast`), an SMS group
     name, an email address, a webhook URL. `recipients` are phone numbers or email addresses;
-    `devices` the MQTT device ids that acknowledge; `secret` a webhook's `whsec_...` secret.
+    `devices` the MQTT device ids that acknowledge; `secret` a webhook's `whsec_...` secret,
+    read from the environment variable `secret_env`.
     `covers_townships` is False for media partners: they carry the warning to the public at
     large but confirm nothing per township, so they do not close a blind spot (art. 20).
     """
@@ -34,6 +35,7 @@ class Endpoint:
     recipients: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
+    secret_env: str | None = None
     timeout: float | None = None
     audiences: frozenset[str] = frozenset({"public", "responsible_persons"})
     levels: frozenset[int] = frozenset({1, 2, 3, 4})

@@ -40,9 +40,11 @@ class DeliveryState:
     FINAL = (DELIVERED, FAILED, STOPPED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryRecord:
-    """One delivery of one warning to one endpoint; `id` is its idempotency key."""
+    """One delivery of one warning to one endpoint; `id` is its idempotency key.
+
+    Slotted: a city-wide fan-out holds one per endpoint (100,000) while it runs."""
 
     id: str
     warning_id: str
@@ -87,7 +89,7 @@ class Cover:
     by: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryUpdate:
     """A delivery's new state, written together with the ledger entries that explain it.
 
