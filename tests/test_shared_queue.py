@@ -21,6 +21,8 @@ import aiomqtt
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import Settings, load_settings
+from gateway.coord.link import RedisLink
+from gateway.coord.rate import SharedRate
 from gateway.coord.relay import SharedQueue
 from gateway.ledger import verify
 from gateway.store import open_store
@@ -263,3 +265,14 @@ async def test_healthz_tells_whether_redis_answers_and_stays_200_without_it(
     await asyncio.to_thread(own_redis.start)
     state = await wait_settled(b, body["id"], within=60)  # queued once Redis is back
     assert state["channels"]["sms"]["delivered"] == (await resp.json())["deliveries"]
+
+
+async def test_a_channel_rate_limit_holds_for_all_gateways_together(redis_url: str) -> None:
+    """`rate_per_s` is one schedule in Redis: two gateways' sends together keep to it (a lower
+    bound on the time taken, which a slow machine only lengthens)."""
+    async with RedisLink(redis_url, "rate-test") as one, RedisLink(redis_url, "rate-test") as two:
+        rates = [SharedRate(one, "webhook", 10), SharedRate(two, "webhook", 10)]
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(rates[i % 2].acquire() for i in range(11)))
+        took = asyncio.get_running_loop().time() - started
+    assert took >= 0.95  # 11 sends at 10/s: the 11th goes a second after the first
