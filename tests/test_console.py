@@ -10,7 +10,7 @@ from http.cookies import SimpleCookie
 import pytest
 
 from gateway.console import SESSIONS
-from gateway.console.sessions import ABSOLUTE, COOKIE, IDLE
+from gateway.console.sessions import ABSOLUTE, COOKIE, IDLE, SessionBook
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient
 from tests.console_helpers import sign_in
@@ -94,7 +94,9 @@ async def test_a_bad_token_gets_a_message_and_no_session(
     assert resp.status == status
     assert message in await resp.text()
     assert "Set-Cookie" not in resp.headers
-    assert len(api.app[SESSIONS]) == 0
+    book = api.app[SESSIONS]
+    assert isinstance(book, SessionBook)
+    assert len(book) == 0
 
 
 async def test_session_ends_after_idle_time_and_absolute_time(api: GatewayClient) -> None:

@@ -1,0 +1,97 @@
+"""A bound on guessing console tokens: after MAX_FAILURES wrong tokens from one address within
+WINDOW, that address gets 429 (with Retry-After) for every sign-in until the window ends.
+
+The window opens at an address's first failure and closes WINDOW later. `SignInLimit` is the
+extension point: `MemorySignInLimit` counts in this process (SQLite, one process),
+`RedisSignInLimit` in Redis, so the gateways behind a load balancer share one count.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from redis.exceptions import RedisError
+
+from gateway.console.sessions import Clock
+from gateway.coord.link import RedisLink
+from gateway.exceptions import ConsoleUnavailable
+
+MAX_FAILURES = 10
+WINDOW = timedelta(minutes=1)
+MAX_ADDRESSES = 10_000
+"""Addresses a process remembers at most; the oldest windows go first."""
+
+
+class SignInLimit(Protocol):
+    """Counts failed sign-ins per client address."""
+
+    async def blocked(self, address: str) -> int | None:
+        """Seconds until `address` may try again, or None when it may now."""
+        ...
+
+    async def failed(self, address: str) -> None:
+        """Count one wrong token from `address`."""
+        ...
+
+
+class MemorySignInLimit:
+    """`SignInLimit` in this process's memory, timed by `clock`."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._windows: dict[str, tuple[datetime, int]] = {}
+
+    async def blocked(self, address: str) -> int | None:
+        found = self._windows.get(address)
+        if found is None:
+            return None
+        left = (found[0] + WINDOW - self.clock()).total_seconds()
+        if left <= 0:
+            del self._windows[address]
+            return None
+        return math.ceil(left) if found[1] >= MAX_FAILURES else None
+
+    async def failed(self, address: str) -> None:
+        now = self.clock()
+        started, count = self._windows.pop(address, (now, 0))
+        if now - started >= WINDOW:
+            started, count = now, 0
+        while len(self._windows) >= MAX_ADDRESSES:
+            del self._windows[next(iter(self._windows))]
+        self._windows[address] = (started, count + 1)
+
+
+class RedisSignInLimit:
+    """`SignInLimit` in Redis: a counter per address that expires WINDOW after its first
+    failure. Raises ConsoleUnavailable when Redis cannot answer."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+
+    def _key(self, address: str) -> str:
+        return self.link.key("console", "sign-in-failures", address)
+
+    async def blocked(self, address: str) -> int | None:
+        key = self._key(address)
+        try:
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                count, ttl_ms = await pipe.execute()
+        except RedisError as exc:
+            raise ConsoleUnavailable("console sign-in is unavailable (Redis)") from exc
+        if count is None or int(count) < MAX_FAILURES or int(ttl_ms) <= 0:
+            return None
+        return math.ceil(int(ttl_ms) / 1000)
+
+    async def failed(self, address: str) -> None:
+        key = self._key(address)
+        try:
+            async with self.link.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, int(WINDOW.total_seconds() * 1000), nx=True)
+                await pipe.execute()
+        except RedisError as exc:
+            raise ConsoleUnavailable("console sign-in is unavailable (Redis)") from exc
