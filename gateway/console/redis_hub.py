@@ -73,7 +73,8 @@ class RedisHub:
         self._local = InProcessHub()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._dropped = False
-        self._listening = asyncio.Event()
+        self.subscriptions = 0
+        """Times this hub was subscribed to the channel, reconnections included."""
         self._down = {"publish": False, "listen": False}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,10 +93,6 @@ class RedisHub:
 
     def close(self) -> None:
         self._local.close()
-
-    async def listening(self) -> None:
-        """Wait until this hub is subscribed to the channel."""
-        await self._listening.wait()
 
     def _send(self, body: dict[str, Any]) -> None:
         try:
@@ -132,7 +129,6 @@ class RedisHub:
                 await pubsub.subscribe(self.channel)
                 await self._listen(pubsub, backoff)
             except REDIS_ERRORS as exc:
-                self._listening.clear()
                 self._lost("listen", exc)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
@@ -148,7 +144,7 @@ class RedisHub:
                 # Also after redis-py reconnected by itself: whatever came meanwhile is lost.
                 self._back("listen")
                 backoff.reset()
-                self._listening.set()
+                self.subscriptions += 1
                 self._local.resync()
             elif message["type"] == "message":
                 self._receive(message["data"])

@@ -15,12 +15,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from redis.exceptions import RedisError
-
 from gateway.clients import Client
+from gateway.console.redis_calls import redis_call
 from gateway.console.sessions import ABSOLUTE, IDLE, Clock, Session, is_over, new_session
 from gateway.coord.link import RedisLink
-from gateway.exceptions import ConsoleUnavailable
 
 ClientNamed = Callable[[str], Client | None]
 
@@ -49,41 +47,36 @@ class RedisSessions:
 
     async def open(self, client: Client) -> Session:
         session = new_session(client, self.clock())
-        try:
-            await self.link.client.set(
-                session_key(self.link, session.id), _encode(session), px=self._ttl_ms(session)
-            )
-        except RedisError as exc:
-            raise ConsoleUnavailable("console sessions are unavailable (Redis)") from exc
+        key, value, ttl = (
+            session_key(self.link, session.id),
+            _encode(session),
+            self._ttl_ms(session),
+        )
+        await redis_call(lambda: self.link.client.set(key, value, px=ttl), "sessions")
         return session
 
     async def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
         key = session_key(self.link, session_id)
-        try:
-            raw = await self.link.client.get(key)
-            session = None if raw is None else self._decode(session_id, raw)
-            if session is None:
-                return None
-            now = self.clock()
-            if is_over(session, now, self.idle, self.absolute):
-                await self.link.client.delete(key)
-                return None
-            seen = replace(session, seen_at=now)
-            # XX: a sign-out elsewhere since the GET stays a sign-out.
-            await self.link.client.set(key, _encode(seen), px=self._ttl_ms(seen), xx=True)
-        except RedisError as exc:
-            raise ConsoleUnavailable("console sessions are unavailable (Redis)") from exc
+        raw = await redis_call(lambda: self.link.client.get(key), "sessions")
+        session = None if raw is None else self._decode(session_id, raw)
+        if session is None:
+            return None
+        now = self.clock()
+        if is_over(session, now, self.idle, self.absolute):
+            await redis_call(lambda: self.link.client.delete(key), "sessions")
+            return None
+        seen = replace(session, seen_at=now)
+        value, ttl = _encode(seen), self._ttl_ms(seen)
+        # XX: a sign-out elsewhere since the GET stays a sign-out.
+        await redis_call(lambda: self.link.client.set(key, value, px=ttl, xx=True), "sessions")
         return seen
 
     async def close(self, session_id: str | None) -> None:
-        if not session_id:
-            return
-        try:
-            await self.link.client.delete(session_key(self.link, session_id))
-        except RedisError as exc:
-            raise ConsoleUnavailable("console sessions are unavailable (Redis)") from exc
+        if session_id:
+            key = session_key(self.link, session_id)
+            await redis_call(lambda: self.link.client.delete(key), "sessions")
 
     def max_age(self, session: Session) -> int:
         return max(0, int((session.created_at + self.absolute - self.clock()).total_seconds()))

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from redis.exceptions import RedisError
-
+from gateway.console.redis_calls import redis_call
 from gateway.console.sessions import Clock
 from gateway.coord.link import RedisLink
-from gateway.exceptions import ConsoleUnavailable
 
 MAX_FAILURES = 10
 WINDOW = timedelta(minutes=1)
@@ -65,7 +63,7 @@ class MemorySignInLimit:
 
 class RedisSignInLimit:
     """`SignInLimit` in Redis: a counter per address that expires WINDOW after its first
-    failure. Raises ConsoleUnavailable when Redis cannot answer."""
+    failure. ConsoleUnavailable when Redis cannot answer."""
 
     def __init__(self, link: RedisLink) -> None:
         self.link = link
@@ -74,24 +72,22 @@ class RedisSignInLimit:
         return self.link.key("console", "sign-in-failures", address)
 
     async def blocked(self, address: str) -> int | None:
-        key = self._key(address)
-        try:
-            async with self.link.client.pipeline(transaction=False) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                count, ttl_ms = await pipe.execute()
-        except RedisError as exc:
-            raise ConsoleUnavailable("console sign-in is unavailable (Redis)") from exc
+        count, ttl_ms = await redis_call(lambda: self._read(self._key(address)), "sign-ins")
         if count is None or int(count) < MAX_FAILURES or int(ttl_ms) <= 0:
             return None
         return math.ceil(int(ttl_ms) / 1000)
 
     async def failed(self, address: str) -> None:
-        key = self._key(address)
-        try:
-            async with self.link.client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.pexpire(key, int(WINDOW.total_seconds() * 1000), nx=True)
-                await pipe.execute()
-        except RedisError as exc:
-            raise ConsoleUnavailable("console sign-in is unavailable (Redis)") from exc
+        await redis_call(lambda: self._count(self._key(address)), "sign-ins")
+
+    async def _read(self, key: str) -> list[Any]:
+        async with self.link.client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            return await pipe.execute()
+
+    async def _count(self, key: str) -> None:
+        async with self.link.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, int(WINDOW.total_seconds() * 1000), nx=True)
+            await pipe.execute()
