@@ -20,7 +20,7 @@ from aiohttp import ClientResponse
 from gateway.config import Settings, load_settings
 from gateway.console import HUB, SESSIONS
 from gateway.console.events import Change, Subscription
-from gateway.console.redis_hub import RedisHub
+from gateway.console.redis_hub import MAX_QUEUED, RedisHub
 from gateway.console.sessions import COOKIE, IDLE
 from gateway.console.sign_in_limit import MAX_FAILURES, WINDOW
 from gateway.coord.link import RedisLink
@@ -195,7 +195,6 @@ async def test_the_hub_hears_every_process_once_and_resyncs_after_redis_comes_ba
             own_redis.kill()
             a.publish(change("while-down"))  # does not wait for Redis; its own pages hear it
             assert await next_batch(on_a) == (frozenset({"while-down"}), False)
-            b.publish(change("lost"))
             own_redis.start()
             await eventually(lambda: a.subscriptions > before)
             assert (await next_batch(on_a))[1] is True  # the gap: refetch everything
@@ -207,6 +206,21 @@ async def test_the_hub_hears_every_process_once_and_resyncs_after_redis_comes_ba
         for link, hub in zip(links, hubs, strict=True):
             await hub.__aexit__(None, None, None)
             await link.__aexit__(None, None, None)
+
+
+async def test_changes_dropped_by_a_full_queue_end_in_a_refetch(redis_url: str) -> None:
+    async with (
+        RedisLink(redis_url, "d") as la,
+        RedisLink(redis_url, "d") as lb,
+        RedisHub(la) as a,
+        RedisHub(lb) as b,
+    ):
+        await eventually(lambda: a.subscriptions > 0)
+        async with a.subscribe() as on_a:
+            for _ in range(MAX_QUEUED + 1):  # in one go: more than the queue holds
+                b.publish(change("same"))
+            while not (await next_batch(on_a))[1]:
+                pass
 
 
 async def test_the_console_answers_503_while_redis_is_away_and_recovers(

@@ -14,14 +14,19 @@ from gateway.exceptions import ConsoleUnavailable
 T = TypeVar("T")
 
 
-async def redis_call(call: Callable[[], Awaitable[T]], what: str) -> T:
+async def once_more(call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, made again once if its connection fails: a pooled connection that a restarted
-    Redis closed fails at once, a fresh one then succeeds. ConsoleUnavailable naming `what`
-    when Redis cannot answer. Only for calls that may be made twice."""
+    Redis closed fails at once, a fresh one then succeeds. Only for calls that may be made
+    twice."""
     try:
-        try:
-            return await call()
-        except RedisConnectionError:
-            return await call()
+        return await call()
+    except RedisConnectionError:
+        return await call()
+
+
+async def redis_call(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`once_more(call)`; ConsoleUnavailable naming `what` when Redis cannot answer."""
+    try:
+        return await once_more(call)
     except RedisError as exc:
         raise ConsoleUnavailable(f"console {what} are unavailable (Redis)") from exc

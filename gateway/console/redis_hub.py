@@ -21,13 +21,14 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from gateway.console.events import Change, InProcessHub, Subscription, changes_of
+from gateway.console.redis_calls import once_more
 from gateway.coord.link import RedisLink
 from gateway.ledger import LedgerDraft
 
@@ -77,6 +78,7 @@ class RedisHub:
         """Times this hub was subscribed to the channel, reconnections included."""
         self._down = {"publish": False, "listen": False}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def publish(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -103,14 +105,14 @@ class RedisHub:
     async def _publish_forever(self) -> None:
         backoff = Backoff()
         everything = json.dumps({"from": self.link.name, "all": True}).encode()
-        while True:
+        while not self._stopping:
             if self._dropped:
                 self._dropped = False
                 message = everything
             else:
                 message = await self._outbox.get()
             try:
-                await self.link.client.publish(self.channel, message)
+                await once_more(partial(self.link.client.publish, self.channel, message))
             except REDIS_ERRORS as exc:
                 self._dropped = True
                 while not self._outbox.empty():
@@ -123,31 +125,32 @@ class RedisHub:
 
     async def _listen_forever(self) -> None:
         backoff = Backoff()
-        while True:
-            pubsub = self.link.client.pubsub()
+        while not self._stopping:
             try:
-                await pubsub.subscribe(self.channel)
-                await self._listen(pubsub, backoff)
+                await self._listen(backoff)
             except REDIS_ERRORS as exc:
                 self._lost("listen", exc)
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-            await self._sleep(backoff.delay())
+                await self._sleep(backoff.delay())
 
-    async def _listen(self, pubsub: PubSub, backoff: Backoff) -> None:
-        while True:
-            message = await pubsub.get_message(timeout=POLL_S)
-            if message is None:
-                continue
-            if message["type"] == "subscribe":
-                # Also after redis-py reconnected by itself: whatever came meanwhile is lost.
-                self._back("listen")
-                backoff.reset()
-                self.subscriptions += 1
-                self._local.resync()
-            elif message["type"] == "message":
-                self._receive(message["data"])
+    async def _listen(self, backoff: Backoff) -> None:
+        pubsub = self.link.client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            while not self._stopping:
+                message = await pubsub.get_message(timeout=POLL_S)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    # Also after redis-py reconnected by itself: whatever came meanwhile is lost.
+                    self._back("listen")
+                    backoff.reset()
+                    self.subscriptions += 1
+                    self._local.resync()
+                elif message["type"] == "message":
+                    self._receive(message["data"])
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -197,6 +200,7 @@ class RedisHub:
         tb: TracebackType | None,
     ) -> None:
         self._local.close()
+        self._stopping = True  # redis-py may swallow a cancellation: the loops look here too
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
