@@ -42,7 +42,7 @@ from gateway.clients import Scope
 from gateway.console import pages, warning_html
 from gateway.console.events import Hub
 from gateway.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
-from gateway.console.sign_in_limit import SignInLimit
+from gateway.console.sign_in_limit import SignInLimit, address_of
 from gateway.console.views import Filters, warning_page, warning_rows
 from gateway.exceptions import ConsoleUnavailable, Refused, RequestError, Unauthenticated
 from gateway.filing import filing_form, filing_html
@@ -136,7 +136,7 @@ async def sign_in(request: web.Request) -> web.Response:
 async def _sign_in(request: web.Request) -> web.Response:
     form = await request.post()
     token = form.get("token")
-    limit, address = request.app[SIGN_IN_LIMIT], request.remote or ""
+    limit, address = request.app[SIGN_IN_LIMIT], address_of(request)
     wait = await limit.blocked(address)
     if wait is not None:
         response = html(pages.sign_in_page("登录失败次数过多，请稍后再试。"), 429)

@@ -1,16 +1,22 @@
 """A bound on guessing console tokens: after MAX_FAILURES wrong tokens from one address within
 WINDOW, that address gets 429 (with Retry-After) for every sign-in until the window ends.
 
-The window opens at an address's first failure and closes WINDOW later. `SignInLimit` is the
-extension point: `MemorySignInLimit` counts in this process (SQLite, one process),
-`RedisSignInLimit` in Redis, so the gateways behind a load balancer share one count.
+The window opens at an address's first failure and closes WINDOW later. The address is the
+last hop of X-Forwarded-For, as the proxy in front of the gateway appends it (README "Behind a
+TLS-terminating proxy"), or else the connection's peer: behind a proxy every peer is the proxy,
+and one guesser must not lock the duty room out. `SignInLimit` is the extension point:
+`MemorySignInLimit` counts in this process (SQLite, one process), `RedisSignInLimit` in Redis,
+so the gateways behind a load balancer share one count.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+from aiohttp import web
 
 from gateway.console.redis_calls import redis_call
 from gateway.console.sessions import Clock
@@ -20,6 +26,15 @@ MAX_FAILURES = 10
 WINDOW = timedelta(minutes=1)
 MAX_ADDRESSES = 10_000
 """Addresses a process remembers at most; the oldest windows go first."""
+
+
+def address_of(request: web.Request) -> str:
+    """The address sign-in failures of `request` count against."""
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    try:
+        return str(ipaddress.ip_address(forwarded.rsplit(",", 1)[-1].strip()))
+    except ValueError:
+        return request.remote or ""
 
 
 class SignInLimit(Protocol):
