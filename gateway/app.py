@@ -16,7 +16,7 @@ from gateway.channel_registry import build_channels
 from gateway.channels.base import Channel
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
-from gateway.console import add_console
+from gateway.console import HUB, add_console, share_console
 from gateway.coord.control import Control
 from gateway.coord.coordinator import Coordinator
 from gateway.coord.link import RedisLink
@@ -95,23 +95,24 @@ def build_app(
     app[REGISTRY] = registry
     app[RELEASE_LIST] = release_list
     app[BOOK] = book
-    hub = add_console(app, clock)
+    add_console(app, clock)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings.store_url))
             app[STORE] = store
-            store.on_commit(hub.publish_entries)
-            store.on_commit(app[METRICS].observe)
-            for w in await store.active_warnings():
-                app[METRICS].track(w.id, w.received_at)
-            desk = ReceiptDesk(store, clock, book, registry)
-            app[RECEIPTS] = desk
             link = None
             if settings.redis.url is not None:  # one of several gateways
                 deployment = await store.deployment()
                 link = await stack.enter_async_context(RedisLink(settings.redis.url, deployment))
                 app[QUEUE_PING] = link.ping
+                await stack.enter_async_context(share_console(app, link, clock))
+            store.on_commit(app[HUB].publish_entries)
+            store.on_commit(app[METRICS].observe)
+            for w in await store.active_warnings():
+                app[METRICS].track(w.id, w.received_at)
+            desk = ReceiptDesk(store, clock, book, registry)
+            app[RECEIPTS] = desk
             built = channels if channels is not None else build_channels(settings, book, desk.sink)
             runtimes = {}
             for name, channel in built.items():

@@ -104,3 +104,7 @@ class Authenticator:
         if found is None:
             raise Unauthenticated("unknown token")
         return found
+
+    def named(self, name: str) -> Client | None:
+        """The client called `name` that has a token, if any (a session names its client)."""
+        return next((c for c, _ in self._clients if c.name == name), None)

@@ -18,6 +18,7 @@ GatewayError
 │   ├── Conflict           409
 │   ├── UnsupportedMedia   415 (also `unsupported_encoding`: a Content-Encoding but identity)
 │   ├── StoreUnavailable   503, the store cannot write now (with Retry-After)
+│   ├── ConsoleUnavailable 503, the console's shared sessions (Redis) cannot answer now
 │   └── NotImplementedYet  501, a contract feature this version does not have yet
 └── LedgerCorrupt          the hash chain does not verify; names the first bad entry
 """
@@ -153,6 +154,18 @@ class StoreUnavailable(RequestError):
 
     status = 503
     default_code = "store_unavailable"
+    retry_after: ClassVar[int] = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ConsoleUnavailable(RequestError):
+    """503: the Redis that the console's sessions and sign-in limits live in cannot answer
+    now; nothing was signed in or out. Retry after `retry_after` seconds."""
+
+    status = 503
+    default_code = "console_unavailable"
     retry_after: ClassVar[int] = 5
 
     def headers(self) -> dict[str, str]:

@@ -9,8 +9,9 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from gateway.console import SESSIONS
-from gateway.console.sessions import ABSOLUTE, COOKIE, IDLE
+from gateway.console import SESSIONS, SIGN_IN_LIMIT
+from gateway.console.sessions import ABSOLUTE, COOKIE, IDLE, SessionBook
+from gateway.console.sign_in_limit import MAX_FAILURES, WINDOW, MemorySignInLimit
 from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient
 from tests.console_helpers import sign_in
@@ -94,7 +95,42 @@ async def test_a_bad_token_gets_a_message_and_no_session(
     assert resp.status == status
     assert message in await resp.text()
     assert "Set-Cookie" not in resp.headers
-    assert len(api.app[SESSIONS]) == 0
+    book = api.app[SESSIONS]
+    assert isinstance(book, SessionBook)
+    assert len(book) == 0
+
+
+async def test_failed_sign_ins_from_one_address_are_refused_for_a_while(
+    api: GatewayClient,
+) -> None:
+    now = [datetime(2026, 7, 1, 8, tzinfo=UTC)]
+    limit = api.app[SIGN_IN_LIMIT]
+    assert isinstance(limit, MemorySignInLimit)
+    limit.clock = lambda: now[0]
+    guesser = {"X-Forwarded-For": "203.0.113.7"}  # as the proxy in front appends it
+    for i in range(MAX_FAILURES):
+        wrong = await api.post("/console/sign-in", data={"token": f"guess-{i}"}, headers=guesser)
+        assert wrong.status == 401
+    right = {"token": TOKENS["reader"]}
+
+    async def status(forwarded_for: str) -> int:
+        resp = await api.post(
+            "/console/sign-in",
+            data=right,
+            headers={"X-Forwarded-For": forwarded_for},
+            allow_redirects=False,
+        )
+        if resp.status == 429:
+            assert resp.headers["Retry-After"] == str(int(WINDOW.total_seconds()))
+            assert "登录失败次数过多" in await resp.text()
+            assert "Set-Cookie" not in resp.headers
+        return resp.status
+
+    assert await status("203.0.113.7") == 429  # the right token too: no guessing on
+    assert await status("198.51.100.1, 203.0.113.7") == 429  # the proxy's hop counts
+    assert await status("203.0.113.7, 198.51.100.2") == 303  # the duty room is not locked out
+    now[0] += WINDOW
+    assert await status("203.0.113.7") == 303
 
 
 async def test_session_ends_after_idle_time_and_absolute_time(api: GatewayClient) -> None:

@@ -1,9 +1,9 @@
 """Live updates for the console: which warnings changed, from the store's commits to every
 open page (Server-Sent Events).
 
-`Hub` is the extension point: `InProcessHub` serves one process; a Redis pub/sub hub would
-publish the same `Change`s on a channel and feed its local subscribers from it, so that pages
-served by one process see the commits of another (design.md "Storage and several processes").
+`Hub` is the extension point: `InProcessHub` serves one process; `RedisHub` (redis_hub.py)
+also carries the `Change`s over Redis pub/sub, so that pages served by one process see the
+commits of another (design.md "Storage and several processes").
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ class Subscription:
             self._everything = True
         self._ready.set()
 
+    def resync(self) -> None:
+        """Changes may have been lost: the page is told that everything may have changed."""
+        self._pending.clear()
+        self._everything = True
+        self._ready.set()
+
     def close(self) -> None:
         self._closed = True
         self._ready.set()
@@ -75,13 +81,16 @@ class Subscription:
 class Hub(Protocol):
     """Carries `Change`s from where they commit to the pages that show them.
 
-    `publish` must not block (it runs in the store's commit path); `subscribe` gives a
-    `Subscription` for as long as the context is open; `close` (at shutdown) ends every
-    subscription's `next` with None. Delivery is best effort: a page that reconnects refetches
-    what it shows, so a change lost with a connection costs nothing.
+    `publish` (and `publish_entries`, the store's `CommitListener`) must not block (it runs in
+    the store's commit path); `subscribe` gives a `Subscription` for as long as the context is
+    open; `close` (at shutdown) ends every subscription's `next` with None. Delivery is best
+    effort: a page that reconnects refetches what it shows, and a hub that may have lost
+    changes tells its subscriptions so (`Subscription.resync`), so a lost change costs nothing.
     """
 
     def publish(self, changes: Sequence[Change]) -> None: ...
+
+    def publish_entries(self, entries: Sequence[LedgerDraft]) -> None: ...
 
     def subscribe(self) -> AbstractAsyncContextManager[Subscription]: ...
 
@@ -114,6 +123,11 @@ class InProcessHub:
 
     def subscribe(self) -> AbstractAsyncContextManager[Subscription]:
         return self._subscribed()
+
+    def resync(self) -> None:
+        """Tell every subscription that everything may have changed."""
+        for s in self._subscriptions:
+            s.resync()
 
     def close(self) -> None:
         for s in self._subscriptions:

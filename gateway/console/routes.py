@@ -3,7 +3,10 @@
 GET  /console                          the sign-in form, or (signed in) the warnings list
 POST /console/sign-in                  form `token`: a `read` client's token opens a session
                                        (303 to /console, cookie set); a wrong token 401, a
-                                       token without `read` 403, both with the form again
+                                       token without `read` 403, both with the form again;
+                                       429 (Retry-After) after too many wrong tokens from one
+                                       address (sign_in_limit.py); 503 when the shared
+                                       sessions (Redis) cannot answer
 POST /console/sign-out                 form `csrf`: ends the session (303 to /console)
 GET  /console/warnings/{id}            a warning's page (303 to /console without a session)
 GET  /console/warnings/{id}/filing     the 备案表 print view
@@ -16,7 +19,8 @@ GET  /console/static/...               CSS and JS, no session needed
 
 Without a live session no route but the sign-in form and the static files shows anything: a
 page redirects to the form, the rest answer 401. Forms that write carry the session's CSRF
-token; a POST without it, or with another, is 403 `csrf_failed`.
+token; a POST without it, or with another, is 403 `csrf_failed`. While the shared sessions
+cannot answer, pages answer 503 (`console_unavailable`) and event streams end.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from pydantic import ValidationError
 from gateway.clients import Scope
 from gateway.console import pages, warning_html
 from gateway.console.events import Hub
-from gateway.console.sessions import COOKIE, COOKIE_PATH, Session, SessionBook
+from gateway.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
+from gateway.console.sign_in_limit import SignInLimit, address_of
 from gateway.console.views import Filters, warning_page, warning_rows
-from gateway.exceptions import Refused, RequestError, Unauthenticated
+from gateway.exceptions import ConsoleUnavailable, Refused, RequestError, Unauthenticated
 from gateway.filing import filing_form, filing_html
 from gateway.guard import AUTH
 from gateway.ingest import utc_now
@@ -49,7 +54,8 @@ from gateway.web_keys import RECEIPTS, REGISTRY, STORE, TRACKER
 
 log = logging.getLogger("gateway.console")
 
-SESSIONS = web.AppKey("console_sessions", SessionBook)
+SESSIONS: web.AppKey[Sessions] = web.AppKey("console_sessions", Sessions)
+SIGN_IN_LIMIT: web.AppKey[SignInLimit] = web.AppKey("console_sign_in_limit", SignInLimit)
 HUB: web.AppKey[Hub] = web.AppKey("console_hub", Hub)
 STATIC = Path(__file__).parent / "static"
 SSE_COALESCE_S = 0.2
@@ -72,13 +78,15 @@ def html(text: str, status: int = 200) -> web.Response:
     return response
 
 
-def current(request: web.Request) -> Session | None:
-    return request.app[SESSIONS].get(request.cookies.get(COOKIE))
+async def current(request: web.Request) -> Session | None:
+    """The request's live session, if any; ConsoleUnavailable (503) when sessions cannot
+    answer."""
+    return await request.app[SESSIONS].get(request.cookies.get(COOKIE))
 
 
-def signed_in(request: web.Request) -> Session:
+async def signed_in(request: web.Request) -> Session:
     """The request's session; Unauthenticated (401) without a live one."""
-    session = current(request)
+    session = await current(request)
     if session is None:
         raise Unauthenticated("sign in at /console first", code="session_required")
     return session
@@ -98,8 +106,17 @@ def to_sign_in() -> web.Response:
     return web.Response(status=303, headers={"Location": "/console", "Cache-Control": "no-store"})
 
 
+def unavailable(exc: ConsoleUnavailable) -> web.Response:
+    response = html(pages.sign_in_page("值班台登录服务暂时不可用，请稍后再试。"), exc.status)
+    response.headers.update(exc.headers())
+    return response
+
+
 async def index(request: web.Request) -> web.Response:
-    session = current(request)
+    try:
+        session = await current(request)
+    except ConsoleUnavailable as exc:
+        return unavailable(exc)
     if session is None:
         return html(pages.sign_in_page())
     filters = Filters.parse(request.query)
@@ -110,18 +127,32 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def sign_in(request: web.Request) -> web.Response:
+    try:
+        return await _sign_in(request)
+    except ConsoleUnavailable as exc:
+        return unavailable(exc)
+
+
+async def _sign_in(request: web.Request) -> web.Response:
     form = await request.post()
     token = form.get("token")
+    limit, address = request.app[SIGN_IN_LIMIT], address_of(request)
+    wait = await limit.blocked(address)
+    if wait is not None:
+        response = html(pages.sign_in_page("登录失败次数过多，请稍后再试。"), 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     try:
         if not isinstance(token, str) or not token:
             raise Unauthenticated("no token")
         client = request.app[AUTH].authenticate(f"Bearer {token}")
     except Unauthenticated:
+        await limit.failed(address)
         return html(pages.sign_in_page("令牌无效，请检查后重新输入。"), 401)
     if Scope.READ not in client.scopes:
         return html(pages.sign_in_page("该令牌没有查看（read）权限，不能登录值班台。"), 403)
     book = request.app[SESSIONS]
-    session = book.open(client)
+    session = await book.open(client)
     log.info("console: client %s signed in", client.name)
     response = to_sign_in()
     response.set_cookie(
@@ -137,17 +168,17 @@ async def sign_in(request: web.Request) -> web.Response:
 
 
 async def sign_out(request: web.Request) -> web.Response:
-    session = current(request)
+    session = await current(request)
     if session is not None:
         await check_csrf(request, session)
-        request.app[SESSIONS].close(session.id)
+        await request.app[SESSIONS].close(session.id)
     response = to_sign_in()
     response.del_cookie(COOKIE, path=COOKIE_PATH)
     return response
 
 
 async def list_fragment(request: web.Request) -> web.Response:
-    signed_in(request)
+    await signed_in(request)
     rows = await warning_rows(
         request.app[STORE], request.app[REGISTRY], utc_now(), Filters.parse(request.query)
     )
@@ -164,7 +195,7 @@ async def _page_data(request: web.Request) -> dict[str, object] | None:
 
 
 async def warning(request: web.Request) -> web.Response:
-    session = current(request)
+    session = await current(request)
     if session is None:
         return to_sign_in()
     data = await _page_data(request)
@@ -176,7 +207,7 @@ async def warning(request: web.Request) -> web.Response:
 
 
 async def warning_fragment(request: web.Request) -> web.Response:
-    signed_in(request)
+    await signed_in(request)
     data = await _page_data(request)
     if data is None:
         return html(pages.message_page("未找到", "没有这条预警。"), 404)
@@ -184,7 +215,7 @@ async def warning_fragment(request: web.Request) -> web.Response:
 
 
 async def filing(request: web.Request) -> web.Response:
-    session = current(request)
+    session = await current(request)
     if session is None:
         return to_sign_in()
     store = request.app[STORE]
@@ -199,7 +230,7 @@ async def filing(request: web.Request) -> web.Response:
 
 async def confirm(request: web.Request) -> web.Response:
     """A manual confirmation from the form, through the API's own checks (ReceiptDesk)."""
-    session = signed_in(request)
+    session = await signed_in(request)
     form = await check_csrf(request, session)
     session.client.require(Scope.CONFIRM)
     wid = request.match_info["id"]
@@ -230,7 +261,7 @@ async def confirm(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Which warnings changed, as they commit, coalesced to one event per SSE_COALESCE_S."""
-    session = signed_in(request)
+    session = await signed_in(request)
     book, hub = request.app[SESSIONS], request.app[HUB]
     async with hub.subscribe() as sub, sse_response(request, ping_interval=SSE_PING_S) as resp:
         await resp.send(json.dumps({"warnings": [], "all": True}), event="change")
@@ -243,7 +274,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                     nxt.cancel()
                     break
                 batch = nxt.result()
-                if batch is None or book.get(session.id) is None:
+                if batch is None or not await still_signed_in(book, session):
                     break
                 ids, everything = batch
                 everything = everything or len(ids) > MAX_IDS_PER_EVENT
@@ -255,6 +286,15 @@ async def events(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await closed
     return resp
+
+
+async def still_signed_in(book: Sessions, session: Session) -> bool:
+    """Whether `session` is live; False too when sessions cannot answer (the page's stream
+    ends, and it retries)."""
+    try:
+        return await book.get(session.id) is not None
+    except ConsoleUnavailable:
+        return False
 
 
 async def close_hub(app: web.Application) -> None:

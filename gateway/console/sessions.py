@@ -2,8 +2,9 @@
 signed in with its token (the token itself never goes into the cookie), with a CSRF token of
 its own for the forms that write.
 
-Sessions live in this process's memory: a restart signs everyone out, and behind a load
-balancer each process knows only its own sessions (sticky sessions, or a shared store later).
+`Sessions` is the extension point: `SessionBook` keeps them in this process's memory (one
+process, the SQLite store: a restart signs everyone out); `RedisSessions` (redis_sessions.py)
+shares them between the processes behind a load balancer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from gateway.clients import Client
 
@@ -42,8 +44,43 @@ class Session:
         return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
 
 
+def new_session(client: Client, now: datetime) -> Session:
+    """A session of `client` opened `now`, with a fresh random id and CSRF token."""
+    return Session(
+        id=secrets.token_urlsafe(_ID_BYTES),
+        client=client,
+        csrf=secrets.token_urlsafe(_ID_BYTES),
+        created_at=now,
+        seen_at=now,
+    )
+
+
+def is_over(session: Session, now: datetime, idle: timedelta, absolute: timedelta) -> bool:
+    """Whether `session` has been idle for `idle`, or has lasted `absolute`, at `now`."""
+    return now - session.seen_at >= idle or now - session.created_at >= absolute
+
+
+class Sessions(Protocol):
+    """Where sessions live. `get` restarts the idle timer of a live session; a session idle
+    for `idle` or older than `absolute` (by `clock`) is over, as after `close` (sign-out), in
+    every process that shares the store. A shared store that cannot answer raises
+    ConsoleUnavailable (503)."""
+
+    clock: Clock
+
+    async def open(self, client: Client) -> Session: ...
+
+    async def get(self, session_id: str | None) -> Session | None: ...
+
+    async def close(self, session_id: str | None) -> None: ...
+
+    def max_age(self, session: Session) -> int:
+        """Seconds the cookie may live: until the absolute end of the session."""
+        ...
+
+
 class SessionBook:
-    """The sessions of this process."""
+    """`Sessions` in this process's memory."""
 
     def __init__(self, clock: Clock, *, idle: timedelta = IDLE, absolute: timedelta = ABSOLUTE):
         self.clock = clock
@@ -51,22 +88,16 @@ class SessionBook:
         self.absolute = absolute
         self._sessions: dict[str, Session] = {}
 
-    def open(self, client: Client) -> Session:
+    async def open(self, client: Client) -> Session:
         now = self.clock()
         self._sweep(now)
         while len(self._sessions) >= MAX_SESSIONS:
             del self._sessions[next(iter(self._sessions))]
-        session = Session(
-            id=secrets.token_urlsafe(_ID_BYTES),
-            client=client,
-            csrf=secrets.token_urlsafe(_ID_BYTES),
-            created_at=now,
-            seen_at=now,
-        )
+        session = new_session(client, now)
         self._sessions[session.id] = session
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
+    async def get(self, session_id: str | None) -> Session | None:
         """The live session of that id, its idle timer restarted; None when unknown or over."""
         if not session_id:
             return None
@@ -81,7 +112,7 @@ class SessionBook:
         self._sessions[session_id] = session
         return session
 
-    def close(self, session_id: str | None) -> None:
+    async def close(self, session_id: str | None) -> None:
         if session_id:
             self._sessions.pop(session_id, None)
 
@@ -90,7 +121,7 @@ class SessionBook:
         return max(0, int((session.created_at + self.absolute - self.clock()).total_seconds()))
 
     def _over(self, session: Session, now: datetime) -> bool:
-        return now - session.seen_at >= self.idle or now - session.created_at >= self.absolute
+        return is_over(session, now, self.idle, self.absolute)
 
     def _sweep(self, now: datetime) -> None:
         for sid in [sid for sid, s in self._sessions.items() if self._over(s, now)]:

@@ -16,8 +16,13 @@ from types import TracebackType
 from typing import Self
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as ConnectionLost
+from redis.exceptions import TimeoutError as NoAnswer
 
 SOCKET_TIMEOUT_S = 5.0
+RETRIES = 2
 """A Redis call that gets no answer within this fails (and is retried by its caller)."""
 
 
@@ -40,6 +45,10 @@ class RedisLink:
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30,
+            # After a Redis restart every pooled connection is dead: a command on one is tried
+            # again on a fresh one instead of failing (the callers retry longer outages).
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
+            retry_on_error=[ConnectionLost, NoAnswer],
         )
 
     def key(self, *parts: str) -> str:
