@@ -31,7 +31,7 @@ from typing import Any, Self
 
 from redis.exceptions import RedisError
 
-from gateway.coord.link import RedisLink
+from gateway.coord.link import RedisLink, stop_tasks
 
 log = logging.getLogger("gateway.coord")
 
@@ -59,6 +59,7 @@ class Control:
         self.handlers: dict[str, Handler] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._down = False
+        self._closing = False
 
     async def __aenter__(self) -> Self:
         self._tasks = [
@@ -73,9 +74,8 @@ class Control:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        await stop_tasks(self._tasks)
         with contextlib.suppress(RedisError, OSError):
             await self.link.client.zrem(self.members, self.link.name)
 
@@ -117,7 +117,7 @@ class Control:
             log.warning("stop of %s not sent to the other gateways: %s", warning_id, exc)
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 now = time.time()
                 async with self.link.client.pipeline(transaction=False) as pipe:
@@ -133,13 +133,15 @@ class Control:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self._up()
                 backoff = 0.1
                 async for message in pubsub.listen():
+                    if self._closing:
+                        break
                     if message.get("type") == "message":
                         await self._apply(message["data"])
             except RedisError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Self
 from redis.exceptions import RedisError
 
 from gateway.coord.control import Control
+from gateway.coord.link import stop_tasks
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import Dispatcher
 from gateway.flow import CircuitBreaker
@@ -51,6 +52,7 @@ class Coordinator:
         self.tracker = tracker
         self.sweep_s = sweep_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         control.handlers.update(stop=self._stop, watch=self._watch, circuit=self._circuit)
 
     async def __aenter__(self) -> Self:
@@ -66,10 +68,8 @@ class Coordinator:
         tb: TracebackType | None,
     ) -> None:
         self.breaker.listener = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        await stop_tasks(list(self._tasks))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -114,7 +114,7 @@ class Coordinator:
     # -- the backstop --------------------------------------------------------------------
 
     async def _backstop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.sweep_s)
             try:
                 active = await self.store.active_warnings()

@@ -9,9 +9,12 @@ and gateways of other databases on the same Redis never see each other's keys.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from types import TracebackType
 from typing import Self
 
@@ -21,9 +24,27 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import TimeoutError as NoAnswer
 
+log = logging.getLogger("gateway.coord")
+
 SOCKET_TIMEOUT_S = 5.0
 RETRIES = 2
 """A Redis call that gets no answer within this fails (and is retried by its caller)."""
+
+
+STOP_WITHIN_S = 5.0
+
+
+async def stop_tasks(tasks: Collection[asyncio.Task[None]], within: float = STOP_WITHIN_S) -> None:
+    """Cancel `tasks` and wait `within` seconds at most for them to end. redis-py can swallow a
+    cancellation in a blocking read: a shutdown must not hang on one (the loops also end at
+    their next turn, as they check that their owner is closing)."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=within)
+    for task in pending:
+        log.warning("%s did not stop within %.0fs", task.get_name(), within)
 
 
 def process_name() -> str:

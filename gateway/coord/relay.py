@@ -24,6 +24,7 @@ from typing import Any, Self
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.coord.control import Control
+from gateway.coord.link import stop_tasks
 from gateway.coord.streams import Entry, Streams
 from gateway.dispatcher import Dispatcher
 from gateway.exceptions import StoreUnavailable
@@ -67,6 +68,7 @@ class SharedQueue:
         self._notices: dict[str, Notice] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_down = False
+        self._closing = False
 
     async def __aenter__(self) -> Self:
         with contextlib.suppress(RedisError):  # else the loops create them once Redis is up
@@ -90,9 +92,8 @@ class SharedQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        await stop_tasks(self._tasks)
         with contextlib.suppress(RedisError, OSError):
             await self.streams.ack(self._acks)
             await self.streams.push(self._unpushed)
@@ -129,7 +130,7 @@ class SharedQueue:
     # -- loops ---------------------------------------------------------------------------
 
     async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(seconds)
             try:
                 await work()
@@ -142,7 +143,7 @@ class SharedQueue:
     async def _feed(self, channel: str) -> None:
         runtime = self.dispatcher.runtimes[channel]
         backoff = RETRY_MIN_S
-        while True:
+        while not self._closing:
             room = runtime.concurrency - self.dispatcher.backlog(channel)
             if room <= 0:
                 await asyncio.sleep(FULL_POLL_S)
@@ -212,15 +213,14 @@ class SharedQueue:
     async def _read(self, ids: Sequence[str]) -> list[DeliveryRecord]:
         """The deliveries of `ids`, waiting out a store outage (they stay claimed)."""
         backoff = RETRY_MIN_S
-        while True:
+        while not self._closing:
             try:
                 return await self.store.deliveries_by_id(ids) if ids else []
-            except StoreUnavailable as exc:
-                log.error("cannot read claimed deliveries from the store: %s", exc)
-            except OSError as exc:
+            except (StoreUnavailable, OSError) as exc:
                 log.error("cannot read claimed deliveries from the store: %s", exc)
             await asyncio.sleep(backoff)
             backoff = min(RETRY_MAX_S, backoff * 2)
+        raise asyncio.CancelledError  # closing: the claims are taken over (or handed back)
 
     async def _notice(self, warning_id: str) -> Notice | None:
         notice = self._notices.get(warning_id)
@@ -256,7 +256,7 @@ class SharedQueue:
     async def _take_over(self) -> None:
         idle_ms = int(self.claim_idle_s * 1000)
         for stream in self.streams.all_streams():
-            while True:
+            while not self._closing:
                 entries = await self.streams.take_over(stream, idle_ms, MAX_READ)
                 if not entries:
                     break
@@ -266,7 +266,7 @@ class SharedQueue:
                     break
 
     async def _flush_acks(self) -> None:
-        while True:
+        while not self._closing:
             await self._acked.wait()
             self._acked.clear()
             await asyncio.sleep(0.005)  # gather the acks of a burst into one round trip

@@ -14,6 +14,7 @@ from typing import Self
 
 from redis.exceptions import RedisError
 
+from gateway.coord.link import stop_tasks
 from gateway.coord.streams import Streams
 from gateway.exceptions import StoreUnavailable
 from gateway.store import Store
@@ -45,6 +46,7 @@ class Sweeper:
         self._lease = streams.client.register_script(_LEASE)
         self._missing: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._loop(), name="coord sweeper")
@@ -56,12 +58,12 @@ class Sweeper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.sweep_s)
             try:
                 await self.sweep()
