@@ -682,8 +682,11 @@ class Api:
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
         self.provider_auth = {"Authorization": f"Bearer {SMS_PROVIDER_TOKEN}"}
 
-    async def post_warning(self, body: Mapping[str, Any]) -> tuple[float, float, dict[str, Any]]:
-        """(sent at, 202 at, answer) in time.monotonic().
+    async def post_warning(
+        self, body: Mapping[str, Any], before: Callable[[], object] | None = None
+    ) -> tuple[float, float, dict[str, Any]]:
+        """(sent at, 202 at, answer) in time.monotonic(); `before` is called once the child is
+        connected, just before it sends.
 
         The POST goes from a child process: in this process the answer would wait behind the
         sinks' work on the same event loop, and the 202 would be stamped late.
@@ -696,6 +699,8 @@ class Api:
         assert child.stdin is not None
         assert child.stdout is not None
         await child.stdout.readline()  # connected
+        if before is not None:
+            before()
         child.stdin.write(json.dumps(body, ensure_ascii=False).encode() + b"\n")
         await child.stdin.drain()
         out = json.loads(await child.stdout.readline())
@@ -841,9 +846,8 @@ async def fan_out(
     await profiler.start(gw_pid)
     hwm_before = status_kib(gw_pid, "VmHWM")
     cpu_before = cpu_seconds(gw_pid)
-    whole.start()
     sent, t202, answer = await api.post_warning(
-        red_warning(wid, {"districts": [*layout.districts]})
+        red_warning(wid, {"districts": [*layout.districts]}), before=whole.start
     )
     watch.start()
     complete = await sinks.wait(opts.timeout)
