@@ -1431,6 +1431,9 @@ class Rig:
     backend: several.Backend
     gateways: list[GatewayProcess]
     pinned: bool
+    env: dict[str, str]
+    """The gateways' environment (for one-shot commands: `gateway ledger verify`)."""
+    cwd: Path
 
     def pid(self, i: int) -> int:
         proc = self.gateways[i].proc
@@ -1488,7 +1491,8 @@ async def rig(
         gateways, pinned = await asyncio.to_thread(
             several.start_gateways, env, tmp, opts.gateways, "--config", str(config)
         )
-        yield Rig(broker, sinks, backend, gateways, pinned)
+        env["GATEWAY_CONFIG"] = str(config)
+        yield Rig(broker, sinks, backend, gateways, pinned, env, tmp)
     finally:
         for problem in several.log_problems(gateways):
             print(problem, file=sys.stderr)
