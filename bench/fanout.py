@@ -681,6 +681,7 @@ class Api:
         self.base = base
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
         self.provider_auth = {"Authorization": f"Bearer {SMS_PROVIDER_TOKEN}"}
+        self._children: set[asyncio.Task[int]] = set()
 
     async def post_warning(
         self, body: Mapping[str, Any], before: Callable[[], object] | None = None
@@ -704,7 +705,10 @@ class Api:
         child.stdin.write(json.dumps(body, ensure_ascii=False).encode() + b"\n")
         await child.stdin.drain()
         out = json.loads(await child.stdout.readline())
-        await child.wait()
+        # Reaped meanwhile: on a busy machine its exit takes long, and the caller times from now.
+        reap = asyncio.create_task(child.wait())
+        self._children.add(reap)
+        reap.add_done_callback(self._children.discard)
         if out["status"] != 202:
             raise SystemExit(f"POST /v1/warnings answered {out['status']}: {out['answer']}")
         return float(out["sent"]), float(out["at"]), out["answer"]
