@@ -158,6 +158,7 @@ class Options:
     claim_idle_s: float | None = None
     """gateway.yaml `redis.claim_idle_s` (None: the gateway's default)."""
     sweep_s: float | None = None
+    pg_statements: bool = False
 
     @property
     def default_layout(self) -> bool:
@@ -1377,6 +1378,9 @@ def parse_args(argv: Sequence[str]) -> Options:
         "--compare", action="store_true", help="sqlite x1, postgresql x1 and x2: one table"
     )
     p.add_argument("--rounds", type=int, default=1, help="--compare: rounds (median)")
+    p.add_argument(
+        "--pg-statements", action="store_true", help="print PostgreSQL's costliest statements"
+    )
     p.add_argument("--bare-worker", help=argparse.SUPPRESS)
     p.add_argument("--post-worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1414,6 +1418,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         tuple(c for c in CHANNELS if c in a.channels.split(",")),
         a.store,
         a.gateways,
+        pg_statements=a.pg_statements,
     )
 
 
@@ -1479,7 +1484,7 @@ async def rig(
     broker = Mosquitto(tmp)
     await asyncio.to_thread(broker.start)
     sinks = Sinks(broker.port, smtp_delay_s)
-    backend = several.Backend(opts.store, tmp)
+    backend = several.Backend(opts.store, tmp, statements=opts.pg_statements)
     gateways: list[GatewayProcess] = []
     try:
         await sinks.start()
@@ -1519,12 +1524,16 @@ async def run(opts: Options, argv: Sequence[str]) -> None:
                 if opts.warmup:
                     await warm_up(api, sinks, layout, opts.timeout)
                 gw_run = await fan_out(api, sinks, layout, opts, watch)
+            statements = await asyncio.to_thread(r.backend.top_statements)
             assert r.broker.proc is not None
             bare_watch = CpuWatch({"sinks": os.getpid(), "mosquitto": r.broker.proc.pid})
             bare = (
                 await bare_runs(sinks, layout, opts, bare_watch, r.broker.port) if opts.bare else []
             )
     print_report(opts, gw_run, bare, pinned, argv)
+    if statements:
+        print("PostgreSQL statements by total time (pg_stat_statements, warm-up included):")
+        print("\n".join(statements))
     if opts.json_out is not None:
         doc = {
             "gateway": asdict(gw_run),

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.processes import GatewayProcess, run_gateway
 from tests.redis_server import RedisServer
@@ -92,6 +94,8 @@ class Backend:
 
     store: str
     workdir: Path
+    statements: bool = False
+    """Load pg_stat_statements (for `top_statements`)."""
     pg: PgCluster | None = None
     redis: RedisServer | None = None
 
@@ -102,7 +106,14 @@ class Backend:
             raise SystemExit(f"--store: one of {', '.join(STORES)}")
         # fsync on: as durable as the SQLite store (synchronous=FULL) it is compared with.
         self.pg = PgCluster(fsync=True).init().start()
+        if self.statements:
+            self.pg.admin("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            self.pg.stop()
+            self.pg.start()
         self.pg.create_database(DATABASE, template=None)
+        if self.statements:
+            with psycopg.connect(self.pg.url(DATABASE), autocommit=True) as conn:
+                conn.execute(b"CREATE EXTENSION pg_stat_statements")
         self.redis = RedisServer().start()
         return {"GATEWAY_STORE": self.pg.url(DATABASE), "GATEWAY_REDIS_URL": self.redis.url()}
 
@@ -115,6 +126,21 @@ class Backend:
         )
         if done.returncode != 0:
             raise SystemExit(f"gateway db upgrade failed: {done.stdout}{done.stderr}")
+
+    def top_statements(self, n: int = 12) -> list[str]:
+        """The `n` statements that took the most time (pg_stat_statements), one line each."""
+        if self.pg is None or not self.statements:
+            return []
+        sql = (
+            "SELECT calls, rows, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'),"
+            " 110) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s"
+        )
+        with psycopg.connect(self.pg.url(DATABASE), autocommit=True) as conn:
+            found = conn.execute(sql.encode(), (n,)).fetchall()
+        return [
+            f"{ms:>9,.0f} ms {calls:>7,} calls {rows:>8,} rows  {query}"
+            for calls, rows, ms, query in found
+        ]
 
     def pids(self) -> dict[str, int]:
         """The servers' root processes: PostgreSQL's postmaster, redis-server."""
