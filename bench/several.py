@@ -230,6 +230,11 @@ class Figures:
     def rate(self) -> float:
         return self.deliveries / self.last_s
 
+    @property
+    def end_to_end(self) -> float:
+        """Deliveries per second from the POST to the last delivery (ingest included)."""
+        return self.deliveries / (self.post_to_202_s + self.last_s)
+
     def us(self, *names: str) -> float:
         """µs of CPU per delivery of the processes whose names start with one of `names`."""
         sec = sum(v for k, v in self.cpu.items() if k.startswith(names) and "busy" not in k)
@@ -305,10 +310,11 @@ def print_table(runs: Mapping[str, Sequence[Figures]]) -> None:
         "the POST until the last delivery at the sinks, per delivery; PostgreSQL (postmaster "
         "and backends) and Redis likewise; sinks = this process's sinks + Mosquitto. 202 s: "
         "POST -> 202; last s: 202 -> last delivery (median run; range over the rounds); "
-        "deliv/s: deliveries / last s"
+        "deliv/s: deliveries / last s; e2e/s: deliveries / (202 s + last s)"
     )
     head = (
         f"{'config':<22}{'runs':>5}{'202 s':>7}{'last s':>8}{'range s':>13}{'deliv/s':>9}"
+        f"{'e2e/s':>7}"
         f"{'gw µs':>8}{'pg µs':>7}{'redis µs':>9}{'sinks µs':>9}  ok"
     )
     print(head)
@@ -319,16 +325,21 @@ def print_table(runs: Mapping[str, Sequence[Figures]]) -> None:
         span = f"{min(f.last_s for f in figs):.2f}-{max(f.last_s for f in figs):.2f}"
         print(
             f"{config:<22}{len(figs):>5}{m.post_to_202_s:>7.2f}{m.last_s:>8.2f}{span:>13}"
-            f"{m.rate:>9,.0f}"
+            f"{m.rate:>9,.0f}{m.end_to_end:>7,.0f}"
             f"{m.us('gateway'):>8.0f}{m.us('postgresql'):>7.0f}{m.us('redis'):>9.0f}"
             f"{m.us('sinks', 'mosquitto'):>9.0f}  {all(f.ok for f in figs)}"
         )
     one, two = (runs.get(describe("postgresql", n), []) for n in (1, 2))
     if one and two:
         each = ", ".join(f"{b.rate / a.rate:.2f}" for a, b in zip(one, two, strict=False))
+        e2e = ", ".join(
+            f"{b.end_to_end / a.end_to_end:.2f}" for a, b in zip(one, two, strict=False)
+        )
         scaling = _median(two).rate / _median(one).rate
+        scaling_e2e = _median(two).end_to_end / _median(one).end_to_end
         print(
             f"scaling rate(postgresql+redis x2) / rate(postgresql+redis x1): {scaling:.2f} "
-            f"(target >= 1.6; per round: {each}). With two gateways on two cores the sinks, "
-            "Mosquitto, PostgreSQL and Redis share the cores with them, so this is a lower bound."
+            f"(target >= 1.6; per round: {each}); end to end {scaling_e2e:.2f} (per round: "
+            f"{e2e}). With two gateways on two cores the sinks, Mosquitto, PostgreSQL and "
+            "Redis share the cores with them, so this is a lower bound."
         )
