@@ -139,7 +139,11 @@ def main() -> None:
         # Warm-up, then the measured run.
         asyncio.run(drive(urls, 500, args.connections, "warm"))
         load = several.load()
+        procs = {f"gateway {i + 1}": gw.proc.pid for i, gw in enumerate(gateways) if gw.proc}
+        procs |= backend.pids()
+        before = {k: several.tree_cpu_seconds(pid) for k, pid in procs.items()}
         elapsed, lat, failures = asyncio.run(drive(urls, args.warnings, args.connections, "bench"))
+        cpu = {k: several.tree_cpu_seconds(pid) - before[k] for k, pid in procs.items()}
     finally:
         for problem in several.log_problems(gateways):
             print(problem, file=sys.stderr)
@@ -162,6 +166,9 @@ def main() -> None:
             f"{'on CPU 1' if args.gateways == 1 else 'unpinned'}; load average {load}"
         )
     print(f"accepted/s: {args.warnings / elapsed:,.0f} ({failures} not accepted)")
+    if args.store != "sqlite" or args.gateways != 1:
+        each = ", ".join(f"{k} {1e6 * v / args.warnings:,.0f}" for k, v in cpu.items())
+        print(f"CPU per warning (µs): {each}")
     print(
         f"latency ms: p50 {q[49] * 1000:.2f}, p90 {q[89] * 1000:.2f}, "
         f"p99 {q[98] * 1000:.2f}, max {lat[-1] * 1000:.2f}"
