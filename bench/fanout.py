@@ -59,6 +59,7 @@ PostgreSQL gateway to two. Sinks sharing the cores make that scaling a lower bou
 
     python bench/fanout.py --store postgresql --gateways 2
     python bench/fanout.py --compare --rounds 3     # the three configurations, one table
+    python bench/fanout.py --store postgresql --pg-statements   # where PostgreSQL spends
 """
 
 from __future__ import annotations
