@@ -109,6 +109,9 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--store", choices=several.STORES, default="sqlite")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes (postgresql)")
+    p.add_argument(
+        "--pg-statements", action="store_true", help="print PostgreSQL's costliest statements"
+    )
     args = p.parse_args()
     if args.gateways < 1 or (args.gateways > 1 and args.store != "postgresql"):
         raise SystemExit("--gateways: 1, or more with --store postgresql")
@@ -124,7 +127,8 @@ def main() -> None:
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
     if pinned and args.gateways == 1:
         os.sched_setaffinity(0, {1})  # the client (and PostgreSQL, Redis) on CPU 1
-    backend = several.Backend(args.store, tmp)
+    backend = several.Backend(args.store, tmp, statements=args.pg_statements)
+    statements: list[str] = []
     gateways: list[GatewayProcess] = []
     try:
         env = {
@@ -144,6 +148,7 @@ def main() -> None:
         before = {k: several.tree_cpu_seconds(pid) for k, pid in procs.items()}
         elapsed, lat, failures = asyncio.run(drive(urls, args.warnings, args.connections, "bench"))
         cpu = {k: several.tree_cpu_seconds(pid) - before[k] for k, pid in procs.items()}
+        statements = backend.top_statements()
     finally:
         for problem in several.log_problems(gateways):
             print(problem, file=sys.stderr)
@@ -169,6 +174,9 @@ def main() -> None:
     if args.store != "sqlite" or args.gateways != 1:
         each = ", ".join(f"{k} {1e6 * v / args.warnings:,.0f}" for k, v in cpu.items())
         print(f"CPU per warning (µs): {each}")
+    if statements:
+        print("PostgreSQL statements by total time (pg_stat_statements, warm-up included):")
+        print("\n".join(statements))
     print(
         f"latency ms: p50 {q[49] * 1000:.2f}, p90 {q[89] * 1000:.2f}, "
         f"p99 {q[98] * 1000:.2f}, max {lat[-1] * 1000:.2f}"
