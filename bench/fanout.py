@@ -44,6 +44,22 @@ Only the channel settings of the generated gateway.yaml are tuned (the flags bel
     python bench/fanout.py --sms-concurrency 16     # tune a channel
     python bench/fanout.py --channels mqtt --no-bare   # one channel (diagnosis)
     python bench/fanout.py --profile /tmp/prof      # py-spy the gateway (slows it down)
+
+Several gateways (issue 11; bench/several.py): `--store postgresql` starts a private PostgreSQL
+cluster (fsync on) and redis-server (no persistence), runs `gateway db upgrade`, then starts
+`--gateways N` gateways with the same config and POSTs to the first; every delivery goes through
+the Redis Streams queue, and any gateway's workers send it. Gateway i is pinned to CPU i % 2;
+with N >= 2 the sinks, Mosquitto, PostgreSQL and Redis are left unpinned and share both cores
+with the gateways (with N = 1 they run on CPU 1, as above). The CPU line adds PostgreSQL (the
+postmaster and its backends) and Redis. `--compare` runs sqlite x1, postgresql x1 and
+postgresql x2 (without the bare loops), each in its own process, and prints one table: the last
+delivery after the 202, deliveries/s, gateway CPU per delivery (utime + stime of every gateway
+process from just before the POST until the last delivery) and the scaling from one
+PostgreSQL gateway to two. Sinks sharing the cores make that scaling a lower bound.
+
+    python bench/fanout.py --store postgresql --gateways 2
+    python bench/fanout.py --compare --rounds 3     # the three configurations, one table
+    python bench/fanout.py --store postgresql --pg-statements   # where PostgreSQL spends
 """
 
 from __future__ import annotations
@@ -64,7 +80,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -83,9 +99,12 @@ from paho.mqtt.properties import Properties
 from standardwebhooks import Webhook, WebhookVerificationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import several
+
 from gateway.channels.email_render import body as email_body
 from gateway.channels.email_render import subject as email_subject
 from gateway.channels.sms import segments, sms_text
+from gateway.clients import token_env
 from gateway.values import Notice
 from tests.helpers import warning_body
 from tests.processes import GatewayProcess, free_port
@@ -94,6 +113,8 @@ SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
 CHANNELS = ("mqtt", "webhook", "sms", "email")
 TOKEN = "bench-fanout-token-0123456789"
+SMS_PROVIDER = "sms-provider"
+SMS_PROVIDER_TOKEN = "bench-sms-provider-token-0123456789"
 MQTT_PREFIX = "cq/warnings"
 SENDER = "重庆市突发事件预警信息发布中心 <warnings@example.org>"
 SMS_ANSWER = b'{"provider_ids": ["bench"], "duplicate": false}'
@@ -133,6 +154,17 @@ class Options:
     profile: Path | None
     json_out: Path | None
     channels: tuple[str, ...] = CHANNELS
+    store: str = "sqlite"
+    gateways: int = 1
+    claim_idle_s: float | None = None
+    """gateway.yaml `redis.claim_idle_s` (None: the gateway's default)."""
+    sweep_s: float | None = None
+    pg_statements: bool = False
+
+    @property
+    def default_layout(self) -> bool:
+        """One gateway on SQLite: the original bench, its output unchanged."""
+        return self.store == "sqlite" and self.gateways == 1
 
 
 @dataclass(frozen=True)
@@ -235,13 +267,23 @@ def gateway_yaml(opts: Options, sms_url: str, smtp_url: str, mqtt_url: str) -> s
         "mqtt": f"url: '{mqtt_url}', concurrency: {opts.mqtt_concurrency}",
         "webhook": f"timeout_s: 30, concurrency: {opts.webhook_concurrency}",
     }
-    lines = ["listen: 127.0.0.1:0", "clients:", "  platform: {}", "channels:"]
+    lines = [
+        "listen: 127.0.0.1:0",
+        "clients:",
+        "  platform: {}",
+        f"  {SMS_PROVIDER}: {{scopes: [sms_callbacks]}}",
+        "channels:",
+    ]
     for name, settings in body.items():
         lines.append(
             f"  {name}: {{{settings}}}"
             if name in opts.channels
             else f"  {name}: {{enabled: false}}"
         )
+    coordination = {"claim_idle_s": opts.claim_idle_s, "sweep_s": opts.sweep_s}
+    if any(v is not None for v in coordination.values()):
+        items = ", ".join(f"{k}: {v}" for k, v in coordination.items() if v is not None)
+        lines.append(f"redis: {{{items}}}")
     return "\n".join([*lines, ""])
 
 
@@ -372,10 +414,13 @@ class WebhookSample:
 class _SmtpCounter:
     """aiosmtpd handler: stamp each message by its X-Delivery-Id header, answer 250."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, tally: Tally, delay_s: float = 0.0) -> None:
         self.tally = tally
+        self.delay_s = delay_s
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # a slow server (bench/takeover.py)
         raw = envelope.original_content or b""
         start = raw.find(b"X-Delivery-Id: ")
         key = ""
@@ -389,8 +434,9 @@ class _SmtpCounter:
 class Sinks:
     """The far side of every channel, in this process."""
 
-    def __init__(self, mqtt_port: int) -> None:
+    def __init__(self, mqtt_port: int, smtp_delay_s: float = 0.0) -> None:
         self.mqtt_port = mqtt_port
+        self.smtp_delay_s = smtp_delay_s
         self.tallies = {c: Tally() for c in CHANNELS}
         self.samples: list[WebhookSample] = []
         self.sample_every = 0
@@ -416,7 +462,7 @@ class Sinks:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.http_port, backlog=1024).start()
         loop = asyncio.get_running_loop()
-        handler = _SmtpCounter(self.tallies["email"])
+        handler = _SmtpCounter(self.tallies["email"], self.smtp_delay_s)
         self._smtp = await loop.create_server(
             lambda: SMTP(handler, hostname="bench-sink", enable_SMTPUTF8=True, loop=loop),
             "127.0.0.1",
@@ -506,11 +552,14 @@ class CpuWatch:
     """
 
     pids: Mapping[str, int]
+    trees: Mapping[str, int] = field(default_factory=dict)
+    """Servers counted with their children (PostgreSQL's backends)."""
     begun: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
 
     def _now(self) -> dict[str, float]:
         procs = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        procs |= {name: several.tree_cpu_seconds(pid) for name, pid in self.trees.items()}
         return {**procs, **cpus_busy(), "wall": time.monotonic()}
 
     def start(self) -> None:
@@ -608,6 +657,8 @@ class GatewayRun:
     webhook_errors: list[str] = field(default_factory=list)
     retained: int = 0
     """Retained messages of the warning a fresh subscriber gets from the broker afterwards."""
+    cpu_whole: dict[str, float] = field(default_factory=dict)
+    """CPU seconds from just before the POST until every sink is complete (--compare)."""
 
 
 def results(sinks: Sinks, origin: float) -> dict[str, ChannelResult]:
@@ -631,9 +682,14 @@ class Api:
         self.http = http
         self.base = base
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
+        self.provider_auth = {"Authorization": f"Bearer {SMS_PROVIDER_TOKEN}"}
+        self._children: set[asyncio.Task[int]] = set()
 
-    async def post_warning(self, body: Mapping[str, Any]) -> tuple[float, float, dict[str, Any]]:
-        """(sent at, 202 at, answer) in time.monotonic().
+    async def post_warning(
+        self, body: Mapping[str, Any], before: Callable[[], object] | None = None
+    ) -> tuple[float, float, dict[str, Any]]:
+        """(sent at, 202 at, answer) in time.monotonic(); `before` is called once the child is
+        connected, just before it sends.
 
         The POST goes from a child process: in this process the answer would wait behind the
         sinks' work on the same event loop, and the 202 would be stamped late.
@@ -646,10 +702,15 @@ class Api:
         assert child.stdin is not None
         assert child.stdout is not None
         await child.stdout.readline()  # connected
+        if before is not None:
+            before()
         child.stdin.write(json.dumps(body, ensure_ascii=False).encode() + b"\n")
         await child.stdin.drain()
         out = json.loads(await child.stdout.readline())
-        await child.wait()
+        # Reaped meanwhile: on a busy machine its exit takes long, and the caller times from now.
+        reap = asyncio.create_task(child.wait())
+        self._children.add(reap)
+        reap.add_done_callback(self._children.discard)
         if out["status"] != 202:
             raise SystemExit(f"POST /v1/warnings answered {out['status']}: {out['answer']}")
         return float(out["sent"]), float(out["at"]), out["answer"]
@@ -689,7 +750,7 @@ class Api:
                 at = datetime.now(UTC).isoformat()
                 body = json.dumps({"message_id": did, "status": "delivered", "at": at})
                 url = f"{self.base}/v1/receipts"
-                headers = {**self.auth, "Content-Type": "application/json"}
+                headers = {**self.provider_auth, "Content-Type": "application/json"}
                 async with self.http.post(url, data=body, headers=headers) as r:
                     await r.read()
                     failures += r.status != 202
@@ -779,8 +840,11 @@ class Profiler:
 
 
 async def fan_out(
-    api: Api, sinks: Sinks, layout: Layout, opts: Options, gw_pid: int, watch: CpuWatch
+    api: Api, sinks: Sinks, layout: Layout, opts: Options, watch: CpuWatch
 ) -> GatewayRun:
+    """The measured warning; `watch` names the gateway POSTed to `gateway`."""
+    gw_pid = watch.pids["gateway"]
+    whole = CpuWatch(watch.pids, watch.trees)
     wid = f"fanout-{secrets.token_hex(4)}"
     expected = layout.expected()
     sinks.begin(wid, expected, sample_every=max(1, expected.get("webhook", 0) // MAX_SAMPLES))
@@ -789,13 +853,14 @@ async def fan_out(
     hwm_before = status_kib(gw_pid, "VmHWM")
     cpu_before = cpu_seconds(gw_pid)
     sent, t202, answer = await api.post_warning(
-        red_warning(wid, {"districts": [*layout.districts]})
+        red_warning(wid, {"districts": [*layout.districts]}), before=whole.start
     )
     watch.start()
     complete = await sinks.wait(opts.timeout)
     # At least 1 ms: in a tiny run everything may arrive before the 202 does.
     window = max(MIN_WINDOW_S, max((t.last or t202) for t in sinks.tallies.values()) - t202)
     cpu = watch.stop()
+    cpu_whole = whole.stop()
     ingest_cpu = watch.begun["gateway"] - cpu_before
     await profiler.stop()
     channels = results(sinks, t202)
@@ -814,6 +879,7 @@ async def fan_out(
         window_s=window,
         vm_hwm_kib_before=hwm_before,
         vm_hwm_kib=status_kib(gw_pid, "VmHWM"),
+        cpu_whole=cpu_whole,
     )
     run.webhook_sampled = len(sinks.samples)
     run.webhook_verified, run.webhook_errors = verify_samples(sinks, layout, wid)
@@ -1158,11 +1224,17 @@ def print_report(
     print(f"machine: {machine()}")
     print(f"code: {code_state()}")
     print(f"command: python bench/fanout.py {' '.join(argv)}".rstrip())
-    print(
-        f"gateway pinned to CPU {GATEWAY_CPU}, sinks + Mosquitto on CPU {SINK_CPU}: {pinned}; "
+    config = (
         f"config: mqtt concurrency {opts.mqtt_concurrency}, webhook {opts.webhook_concurrency}, "
         f"sms {opts.sms_concurrency}, email {opts.email_concurrency} (pool {opts.email_pool})"
     )
+    if opts.default_layout:
+        print(
+            f"gateway pinned to CPU {GATEWAY_CPU}, sinks + Mosquitto on CPU {SINK_CPU}: {pinned}; "
+            + config
+        )
+    else:
+        print(f"{placement(opts)}: {pinned}; {config}; load average {several.load()}")
     print(
         f"warning {run.warning_id}: {run.deliveries:,} deliveries, POST -> 202 "
         f"{_ms(run.post_to_202_s)} ms; all at the sinks: {run.complete}"
@@ -1191,8 +1263,41 @@ def print_report(
         f"{_rate(mixed_total):>9}{_ratio(total / run.window_s, mixed_total):>7}"
     )
     _print_details(run, runs)
+    if not opts.default_layout:
+        print(per_delivery(run))
     for line in verdicts(run, runs):
         print(line)
+
+
+def per_delivery(run: GatewayRun) -> str:
+    """CPU µs per delivery of each process, from just before the POST to the last delivery."""
+    cpu = run.cpu_whole
+    total = sum(r.expected for r in run.channels.values()) or 1
+    wall = max(cpu["wall"], MIN_WINDOW_S)
+    busy = sum(v for k, v in cpu.items() if k.endswith(" busy"))
+    procs = sum(v for k, v in cpu.items() if k != "wall" and not k.endswith(" busy"))
+    each = ", ".join(
+        f"{k} {1e6 * v / total:.0f}" for k, v in cpu.items() if k != "wall" and "busy" not in k
+    )
+    gateways = sum(v for k, v in cpu.items() if k.startswith("gateway"))
+    return (
+        f"CPU per delivery (µs) from just before the POST to the last delivery "
+        f"({_ms(cpu['wall'])} ms): {each}; all gateways {1e6 * gateways / total:.0f}; "
+        f"CPU0+1 busy {100 * busy / wall:.0f}% of 200% (others {100 * (busy - procs) / wall:.0f}%)"
+    )
+
+
+def placement(opts: Options) -> str:
+    """Where the processes of a run are (several gateways: see the module docstring)."""
+    what = f"store {several.describe(opts.store, opts.gateways)}, POST to gateway 1"
+    servers = "Mosquitto" + (", PostgreSQL, Redis" if opts.store == "postgresql" else "")
+    if opts.gateways == 1:
+        return f"{what}; gateway pinned to CPU {GATEWAY_CPU}, sinks + {servers} on CPU {SINK_CPU}"
+    cpus = ", ".join(f"gateway {i + 1} on CPU {i % several.CPUS}" for i in range(opts.gateways))
+    return (
+        f"{what}; {cpus}; sinks + {servers} unpinned, sharing the cores with the gateways "
+        "(so the scaling over one gateway is a lower bound)"
+    )
 
 
 def _cpu_use(cpu: Mapping[str, float], main: str) -> str:
@@ -1268,6 +1373,15 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument(
         "--channels", default=",".join(CHANNELS), help="enabled channels (diagnosis), e.g. mqtt"
     )
+    p.add_argument("--store", choices=several.STORES, default="sqlite")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes (postgresql)")
+    p.add_argument(
+        "--compare", action="store_true", help="sqlite x1, postgresql x1 and x2: one table"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="--compare: rounds (median)")
+    p.add_argument(
+        "--pg-statements", action="store_true", help="print PostgreSQL's costliest statements"
+    )
     p.add_argument("--bare-worker", help=argparse.SUPPRESS)
     p.add_argument("--post-worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1277,6 +1391,11 @@ def parse_args(argv: Sequence[str]) -> Options:
     if a.post_worker:
         post_worker(a.post_worker)
         raise SystemExit(0)
+    if a.compare:
+        several.compare(SELF, argv, a.rounds)
+        raise SystemExit(0)
+    if a.gateways < 1 or (a.gateways > 1 and a.store != "postgresql"):
+        raise SystemExit("--gateways: 1, or more with --store postgresql")
     if a.smoke:
         a.townships, a.sms_per_township, a.partners = 20, 2, 20
     return Options(
@@ -1298,15 +1417,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         a.profile,
         a.json_out,
         tuple(c for c in CHANNELS if c in a.channels.split(",")),
+        a.store,
+        a.gateways,
+        pg_statements=a.pg_statements,
     )
-
-
-def pin(pid: int, cpu: int) -> bool:
-    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
-        return False
-    cmd = ["taskset", "-a", "-p", "-c", str(cpu), str(pid)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return True
 
 
 @contextlib.contextmanager
@@ -1318,58 +1432,109 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass
+class Rig:
+    """What a run starts: Mosquitto, the sinks, the store (and its servers), the gateways."""
+
+    broker: Mosquitto
+    sinks: Sinks
+    backend: several.Backend
+    gateways: list[GatewayProcess]
+    pinned: bool
+    env: dict[str, str]
+    """The gateways' environment (for one-shot commands: `gateway ledger verify`)."""
+    cwd: Path
+
+    def pid(self, i: int) -> int:
+        proc = self.gateways[i].proc
+        assert proc is not None
+        return proc.pid
+
+    def watch(self) -> CpuWatch:
+        """The gateways (the first is `gateway`, the one POSTed to), sinks and servers."""
+        assert self.broker.proc is not None
+        gateways = {
+            "gateway" if i == 0 else f"gateway {i + 1}": self.pid(i)
+            for i in range(len(self.gateways))
+        }
+        mosquitto = self.broker.proc.pid
+        return CpuWatch(
+            {**gateways, "sinks": os.getpid(), "mosquitto": mosquitto}, self.backend.pids()
+        )
+
+
+def gateway_env(layout: Layout, broker: Mosquitto, sinks: Sinks) -> dict[str, str]:
+    """The environment of every gateway (the store's variables aside)."""
+    return {
+        "GATEWAY_TOKEN_PLATFORM": TOKEN,
+        token_env(SMS_PROVIDER): SMS_PROVIDER_TOKEN,
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        # The gateway runs from the temp dir: make this checkout importable there.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "GATEWAY_MQTT_URL": broker.url,
+        "GATEWAY_SMTP_URL": sinks.smtp_url,
+        **{secret_env(pid): key for pid, key in layout.secrets.items()},
+    }
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    opts: Options, layout: Layout, tmp: Path, smtp_delay_s: float = 0.0
+) -> AsyncIterator[Rig]:
+    """Start Mosquitto, the sinks, the store and `opts.gateways` gateways; stop them all."""
+    broker = Mosquitto(tmp)
+    await asyncio.to_thread(broker.start)
+    sinks = Sinks(broker.port, smtp_delay_s)
+    backend = several.Backend(opts.store, tmp, statements=opts.pg_statements)
+    gateways: list[GatewayProcess] = []
+    try:
+        await sinks.start()
+        urls = {
+            "sms": sinks.http_url + "/sms",
+            "smtp": sinks.smtp_url,
+            "mqtt": broker.url,
+            "hook": sinks.http_url + "/hook",
+        }
+        config = write_config(tmp, opts, layout, urls)
+        env = gateway_env(layout, broker, sinks) | await asyncio.to_thread(backend.start)
+        await asyncio.to_thread(backend.upgrade, env, "--config", str(config))
+        gateways, pinned = await asyncio.to_thread(
+            several.start_gateways, env, tmp, opts.gateways, "--config", str(config)
+        )
+        env["GATEWAY_CONFIG"] = str(config)
+        yield Rig(broker, sinks, backend, gateways, pinned, env, tmp)
+    finally:
+        for problem in several.log_problems(gateways):
+            print(problem, file=sys.stderr)
+        for gw in gateways:
+            await asyncio.to_thread(gw.stop)
+        await sinks.close()
+        broker.stop()
+        await asyncio.to_thread(backend.stop)
+
+
 async def run(opts: Options, argv: Sequence[str]) -> None:
     layout = make_layout(opts)
     with workdir() as tmp:
-        broker = Mosquitto(tmp)
-        await asyncio.to_thread(broker.start)
-        sinks = Sinks(broker.port)
-        gw: GatewayProcess | None = None
-        try:
-            await sinks.start()
-            urls = {
-                "sms": sinks.http_url + "/sms",
-                "smtp": sinks.smtp_url,
-                "mqtt": broker.url,
-                "hook": sinks.http_url + "/hook",
-            }
-            config = write_config(tmp, opts, layout, urls)
-            env = {
-                "GATEWAY_TOKEN_PLATFORM": TOKEN,
-                "GATEWAY_STORE": f"sqlite:///{tmp}/gateway.db",
-                "GATEWAY_LOG_LEVEL": "WARNING",
-                # The gateway runs from the temp dir: make this checkout importable there.
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-                ),
-                "GATEWAY_MQTT_URL": broker.url,
-                "GATEWAY_SMTP_URL": sinks.smtp_url,
-                **{secret_env(pid): key for pid, key in layout.secrets.items()},
-            }
-            gw = GatewayProcess(env, tmp, "--config", str(config))
-            await asyncio.to_thread(gw.start)
-            assert gw.proc is not None
-            assert broker.proc is not None
-            pinned = pin(gw.proc.pid, GATEWAY_CPU)
-            watch = CpuWatch(
-                {"gateway": gw.proc.pid, "sinks": os.getpid(), "mosquitto": broker.proc.pid}
-            )
+        async with rig(opts, layout, tmp) as r:
+            pinned, sinks = r.pinned, r.sinks
+            watch = r.watch()
             timeout = aiohttp.ClientTimeout(total=opts.timeout)
             async with aiohttp.ClientSession(timeout=timeout) as http:
-                api = Api(http, gw.url)
+                api = Api(http, r.gateways[0].url)
                 if opts.warmup:
                     await warm_up(api, sinks, layout, opts.timeout)
-                gw_run = await fan_out(api, sinks, layout, opts, gw.proc.pid, watch)
-            bare_watch = CpuWatch({"sinks": os.getpid(), "mosquitto": broker.proc.pid})
+                gw_run = await fan_out(api, sinks, layout, opts, watch)
+            statements = await asyncio.to_thread(r.backend.top_statements)
+            assert r.broker.proc is not None
+            bare_watch = CpuWatch({"sinks": os.getpid(), "mosquitto": r.broker.proc.pid})
             bare = (
-                await bare_runs(sinks, layout, opts, bare_watch, broker.port) if opts.bare else []
+                await bare_runs(sinks, layout, opts, bare_watch, r.broker.port) if opts.bare else []
             )
-        finally:
-            if gw is not None:
-                await asyncio.to_thread(gw.stop)
-            await sinks.close()
-            broker.stop()
     print_report(opts, gw_run, bare, pinned, argv)
+    if statements:
+        print("PostgreSQL statements by total time (pg_stat_statements, warm-up included):")
+        print("\n".join(statements))
     if opts.json_out is not None:
         doc = {
             "gateway": asdict(gw_run),
@@ -1406,7 +1571,8 @@ def problems(run: GatewayRun) -> list[str]:
 def main() -> None:
     argv = sys.argv[1:]
     opts = parse_args(argv)
-    if (os.cpu_count() or 1) > 1:
+    # With several gateways the sinks share both cores with them (see the module docstring).
+    if (os.cpu_count() or 1) > 1 and opts.gateways == 1:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {SINK_CPU})
     asyncio.run(run(opts, argv))
