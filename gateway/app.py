@@ -19,7 +19,6 @@ from gateway.config import HttpSettings, Settings
 from gateway.console import HUB, add_console, share_console
 from gateway.coord.control import Control
 from gateway.coord.coordinator import Coordinator
-from gateway.coord.link import RedisLink
 from gateway.coord.rate import SharedRate
 from gateway.coord.relay import SharedQueue
 from gateway.coord.streams import Streams
@@ -36,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.policies.authority import AuthorityPolicy
 from gateway.receipts import ReceiptDesk
 from gateway.reconcile import Reconciler
+from gateway.redis_link import RedisLink
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry

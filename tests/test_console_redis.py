@@ -23,7 +23,7 @@ from gateway.console.events import Change, Subscription
 from gateway.console.redis_hub import MAX_QUEUED, RedisHub
 from gateway.console.sessions import COOKIE, IDLE
 from gateway.console.sign_in_limit import MAX_FAILURES, WINDOW
-from gateway.coord.link import RedisLink
+from gateway.redis_link import RedisLink
 from tests.conftest import GatewayClient, MakeClient
 from tests.console_helpers import sign_in
 from tests.fanout import post_warning

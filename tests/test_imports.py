@@ -77,7 +77,8 @@ RULES = [
     Rule("values-import-leaves", VALUES, only=(*LEAVES, *VALUES)),
     Rule("only-the-cli-imports-web", ("gateway",), forbidden=WEB, exempt=(*WEB, *ENTRY)),
     # Several processes (gateway/coord) sit on top of the one-process flow: the dispatcher
-    # knows only its `Relay` protocol, and only the app wires coordination in.
+    # knows only its `Relay` protocol, and only the app wires coordination in (the console
+    # shares its sessions through the same Redis, gateway.redis_link).
     Rule(
         "coordination-is-on-top",
         ("gateway",),

@@ -21,10 +21,10 @@ import aiomqtt
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import Settings, load_settings
-from gateway.coord.link import RedisLink
 from gateway.coord.rate import SharedRate
 from gateway.coord.relay import SharedQueue
 from gateway.ledger import verify
+from gateway.redis_link import RedisLink
 from gateway.store import open_store
 from gateway.web_keys import DISPATCHER
 from tests.conftest import GatewayClient, MakeClient

@@ -349,7 +349,7 @@ async def test_upgrade_is_idempotent_and_an_old_schema_is_refused(
     with pytest.raises(ConfigError, match="run `gateway db upgrade`"):
         async with open_store(url):
             pass
-    assert await pg_schema.upgrade_url(url) == ([1, 2], pg_schema.LATEST)
+    assert await pg_schema.upgrade_url(url) == ([1, 2, 3], pg_schema.LATEST)
     assert await pg_schema.upgrade_url(url) == ([], pg_schema.LATEST)
     async with open_store(url) as s:
         await s.ping()

@@ -29,8 +29,8 @@ from redis.exceptions import RedisError
 
 from gateway.console.events import Change, InProcessHub, Subscription, changes_of
 from gateway.console.redis_calls import once_more
-from gateway.coord.link import RedisLink
 from gateway.ledger import LedgerDraft
+from gateway.redis_link import RedisLink
 
 log = logging.getLogger("gateway.console")
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from gateway.clients import Client
 from gateway.console.redis_calls import redis_call
 from gateway.console.sessions import ABSOLUTE, IDLE, Clock, Session, is_over, new_session
-from gateway.coord.link import RedisLink
+from gateway.redis_link import RedisLink
 
 ClientNamed = Callable[[str], Client | None]
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.console.redis_calls import redis_call
 from gateway.console.sessions import Clock
-from gateway.coord.link import RedisLink
+from gateway.redis_link import RedisLink
 
 MAX_FAILURES = 10
 WINDOW = timedelta(minutes=1)

@@ -31,7 +31,7 @@ from typing import Any, Self
 
 from redis.exceptions import RedisError
 
-from gateway.coord.link import RedisLink, stop_tasks
+from gateway.redis_link import RedisLink, stop_tasks
 
 log = logging.getLogger("gateway.coord")
 

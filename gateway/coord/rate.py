@@ -11,8 +11,8 @@ import logging
 
 from redis.exceptions import RedisError
 
-from gateway.coord.link import RedisLink
 from gateway.flow import RateLimiter
+from gateway.redis_link import RedisLink
 
 log = logging.getLogger("gateway.coord")
 

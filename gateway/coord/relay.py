@@ -24,11 +24,11 @@ from typing import Any, Self
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.coord.control import Control
-from gateway.coord.link import stop_tasks
 from gateway.coord.streams import Entry, Streams
 from gateway.dispatcher import Dispatcher
 from gateway.exceptions import StoreUnavailable
 from gateway.jobs import notice_of
+from gateway.redis_link import stop_tasks
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState
 from gateway.values import Notice

@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway.coord.link import RedisLink
+from gateway.redis_link import RedisLink
 
 GROUP = "gateway"
 LEVELS = (1, 2, 3, 4)

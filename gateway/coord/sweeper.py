@@ -14,9 +14,9 @@ from typing import Self
 
 from redis.exceptions import RedisError
 
-from gateway.coord.link import stop_tasks
 from gateway.coord.streams import Streams
 from gateway.exceptions import StoreUnavailable
+from gateway.redis_link import stop_tasks
 from gateway.store import Store
 
 log = logging.getLogger("gateway.coord")
