@@ -114,10 +114,15 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
+def fresh_database(cluster: PgCluster) -> str:
+    """A new database of `cluster`, a copy of its upgraded TEMPLATE; its URL."""
+    return cluster.create_database(f"t{next(_names)}")
+
+
 @pytest.fixture
 def pg_url(pg_cluster: PgCluster) -> str:
     """A fresh, upgraded database of the session's cluster."""
-    return pg_cluster.create_database(f"t{next(_names)}")
+    return fresh_database(pg_cluster)
 
 
 @pytest.fixture
