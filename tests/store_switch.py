@@ -18,11 +18,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from gateway.config import Settings
+from gateway.store import Store, open_store
 
 STORES = ("sqlite", "postgresql")
 STORE = os.environ.get("GATEWAY_TEST_STORE", "sqlite")
@@ -90,3 +92,9 @@ def execute(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql.encode())
         return cur.fetchall() if cur.description else []
+
+
+def store_at(path: Path) -> Store:
+    """`open_store` of the SQLite file `path`, or of the test's PostgreSQL store standing in for
+    it; enter it with `async with`."""
+    return open_store(store_url(f"sqlite:///{path}"))
