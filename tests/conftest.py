@@ -42,21 +42,22 @@ GatewayClient = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture(autouse=True)
-def test_store(request: pytest.FixtureRequest) -> Iterator[None]:
+def switched_store(request: pytest.FixtureRequest) -> Iterator[None]:
     """With GATEWAY_TEST_STORE=postgresql, this test's gateways use PostgreSQL and Redis
-    (tests/store_switch.py); a no-op otherwise."""
+    (tests/store_switch.py), dropped after it; a no-op otherwise."""
     if not store_switch.POSTGRESQL or request.node.get_closest_marker("sqlite_only"):
         yield
         return
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     redis: RedisServer = request.getfixturevalue("redis_server")
-    store_switch.current = store_switch.StoreSwitch(
-        lambda: fresh_database(cluster), lambda: fresh_db(redis)
-    )
+    switch = store_switch.StoreSwitch(lambda: fresh_database(cluster), lambda: fresh_db(redis))
+    store_switch.current = switch
     try:
         yield
     finally:
         store_switch.current = None
+        for pg, _ in switch.pairs.values():  # a thousand copies of the template would be 8 GB
+            cluster.drop_database(pg)
 
 
 @pytest.fixture

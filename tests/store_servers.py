@@ -96,6 +96,10 @@ class PgCluster:
         self.admin(f"CREATE DATABASE {name}{of}")
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop the database `url` names, closing what is still connected to it."""
+        self.admin(f"DROP DATABASE IF EXISTS {url.rpartition('/')[2]} WITH (FORCE)")
+
     def upgraded_database(self, name: str) -> str:
         """A new empty database with the schema upgraded; its URL."""
         url = self.create_database(name, template=None)

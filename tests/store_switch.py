@@ -4,11 +4,11 @@
 
 Tests name SQLite stores as they always have (`sqlite:///{tmp_path}/gateway.db`); with the
 switch on, each SQLite URL a test names stands for one fresh PostgreSQL database (a copy of the
-upgraded template) with a fresh Redis database of its own, the same pair every time the test names
-that URL again, so a gateway restarted on "the same file" finds the same store. The apps
+upgraded template) with a fresh Redis database of its own, the same pair every time the test
+names that URL again, so a gateway restarted on "the same file" finds the same store. The apps
 (`make_client`), the processes (`GatewayProcess`, `run_gateway`) and the tests that open a store
-themselves (`store_url`) ask here. A test that is about SQLite itself (its file, its disk)
-carries the `sqlite_only` marker; `scripts/test` deselects those in the PostgreSQL run.
+themselves (`store_url`, `store_at`) ask here. A test that is about SQLite itself (its file, its
+disk) carries the `sqlite_only` marker; `scripts/test` deselects those in the PostgreSQL run.
 """
 
 from __future__ import annotations
