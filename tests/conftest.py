@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,12 +14,13 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import build_app
 from gateway.config import REPO_CONFIG, Settings, load_settings
+from tests import store_switch
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, token_env
 from tests.mqtt_broker import mosquitto_fixture
-from tests.redis_server import own_redis, redis_server, redis_url
+from tests.redis_server import RedisServer, fresh_db, own_redis, redis_server, redis_url
 from tests.sms_provider import sms_provider
 from tests.smtp_server import fixture_smtp_server, fixture_smtp_server_factory
-from tests.store_servers import own_pg_cluster, pg_cluster, pg_url
+from tests.store_servers import PgCluster, fresh_database, own_pg_cluster, pg_cluster, pg_url
 from tests.webhook_receiver import fixture_webhook_receivers
 
 # Real servers, each in its own process on a free loopback port (see their modules).
@@ -38,6 +39,25 @@ __all__ = [
 ]
 
 GatewayClient = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture(autouse=True)
+def switched_store(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With GATEWAY_TEST_STORE=postgresql, this test's gateways use PostgreSQL and Redis
+    (tests/store_switch.py), dropped after it; a no-op otherwise."""
+    if not store_switch.POSTGRESQL or request.node.get_closest_marker("sqlite_only"):
+        yield
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    switch = store_switch.StoreSwitch(lambda: fresh_database(cluster), lambda: fresh_db(redis))
+    store_switch.current = switch
+    try:
+        yield
+    finally:
+        store_switch.current = None
+        for pg, _ in switch.pairs.values():  # a thousand copies of the template would be 8 GB
+            cluster.drop_database(pg)
 
 
 @pytest.fixture
@@ -67,10 +87,11 @@ class MakeClient(Protocol):
 
 @pytest.fixture
 def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
-    """Serve `build_app(settings, **build)` on a loopback port; returns its test client."""
+    """Serve `build_app(settings, **build)` on a loopback port, on the test's store
+    (tests/store_switch.py); returns its test client."""
 
     async def make(settings: Settings, **build: Any) -> GatewayClient:
-        return await aiohttp_client(build_app(settings, **build))
+        return await aiohttp_client(build_app(store_switch.settings_for(settings), **build))
 
     return make
 

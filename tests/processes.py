@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.store_switch import env_for
+
 START_TIMEOUT = 20.0
 
 
@@ -83,10 +85,10 @@ def gateway_cmd(*args: str) -> list[str]:
 def run_gateway(
     *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run a one-shot gateway command to completion."""
+    """Run a one-shot gateway command to completion (on the test's store: tests/store_switch.py)."""
     return subprocess.run(
         gateway_cmd(*args),
-        env={**os.environ, **env},
+        env={**os.environ, **env_for(env)},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -96,11 +98,12 @@ def run_gateway(
 
 
 class GatewayProcess:
-    """`gateway serve` in its own process; `start` waits until /healthz answers."""
+    """`gateway serve` in its own process (on the test's store: tests/store_switch.py); `start`
+    waits until /healthz answers."""
 
     def __init__(self, env: Mapping[str, str], cwd: Path, *args: str) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "GATEWAY_LISTEN": f"127.0.0.1:{self.port}"}
+        self.env = {**os.environ, **env_for(env), "GATEWAY_LISTEN": f"127.0.0.1:{self.port}"}
         self.cwd = cwd
         self.args = args
         self.proc: subprocess.Popen[str] | None = None

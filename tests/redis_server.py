@@ -106,12 +106,17 @@ def redis_server() -> Iterator[RedisServer]:
         server.destroy()
 
 
+def fresh_db(server: RedisServer) -> str:
+    """The URL of a database of `server`, emptied (the databases are reused in turn)."""
+    db = next(_dbs) % DATABASES
+    redis.Redis(port=server.port, db=db).flushdb()
+    return server.url(db)
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """An empty database of the session's Redis."""
-    db = next(_dbs) % DATABASES
-    redis.Redis(port=redis_server.port, db=db).flushdb()
-    return redis_server.url(db)
+    return fresh_db(redis_server)
 
 
 @pytest.fixture

@@ -96,6 +96,10 @@ class PgCluster:
         self.admin(f"CREATE DATABASE {name}{of}")
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop the database `url` names, closing what is still connected to it."""
+        self.admin(f"DROP DATABASE IF EXISTS {url.rpartition('/')[2]} WITH (FORCE)")
+
     def upgraded_database(self, name: str) -> str:
         """A new empty database with the schema upgraded; its URL."""
         url = self.create_database(name, template=None)
@@ -114,10 +118,15 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
+def fresh_database(cluster: PgCluster) -> str:
+    """A new database of `cluster`, a copy of its upgraded TEMPLATE; its URL."""
+    return cluster.create_database(f"t{next(_names)}")
+
+
 @pytest.fixture
 def pg_url(pg_cluster: PgCluster) -> str:
     """A fresh, upgraded database of the session's cluster."""
-    return pg_cluster.create_database(f"t{next(_names)}")
+    return fresh_database(pg_cluster)
 
 
 @pytest.fixture

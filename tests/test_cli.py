@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import store_switch
 from tests.helpers import TOKENS, warning_body
 from tests.processes import GatewayProcess, run_gateway
 
@@ -41,7 +41,8 @@ def test_serve_uses_env_overrides_and_keeps_warnings_across_restart(
     status, answer = http_json(served.url + "/v1/warnings", body, TOKENS["platform"])
     assert status == 202, answer
     served.kill()  # a crash, not a clean shutdown
-    assert (tmp_path / "gateway.db").exists()  # GATEWAY_STORE was honoured
+    # GATEWAY_STORE was honoured (with PostgreSQL, the store the env names is the test's)
+    assert store_switch.POSTGRESQL or (tmp_path / "gateway.db").exists()
     served.start()
     status, state = http_json(served.url + f"/v1/warnings/{body['id']}", token=TOKENS["platform"])
     assert status == 200
@@ -99,13 +100,11 @@ def test_ledger_verify_passes_then_names_the_first_edited_entry(
     cli_env = {**env, "GATEWAY_CONFIG": str(config_dir)}
     ok = run_gateway("ledger", "verify", env=cli_env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    (count,) = sqlite3.connect(tmp_path / "gateway.db").execute("SELECT count(*) FROM ledger")
-    assert f"{count[0]} entries" in ok.stdout
+    store = store_switch.store_url(env["GATEWAY_STORE"])
+    [(count,)] = store_switch.execute(store, "SELECT count(*) FROM ledger")
+    assert f"{count} entries" in ok.stdout
 
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    db.execute("""UPDATE ledger SET data = '{"client":"forged"}' WHERE seq = 3""")
-    db.commit()
-    db.close()
+    store_switch.execute(store, """UPDATE ledger SET data = '{"client":"forged"}' WHERE seq = 3""")
     broken = run_gateway("ledger", "verify", env=cli_env, cwd=tmp_path)
     assert broken.returncode == 1
     assert "entry 3" in broken.stderr
@@ -117,10 +116,9 @@ def test_ledger_verify_detects_a_removed_entry(
     for _ in range(2):
         http_json(served.url + "/v1/warnings", warning_body(), TOKENS["platform"])
     served.stop()
-    db = sqlite3.connect(tmp_path / "gateway.db")
-    db.execute("DELETE FROM ledger WHERE seq = 2")
-    db.commit()
-    db.close()
+    store_switch.execute(
+        store_switch.store_url(env["GATEWAY_STORE"]), "DELETE FROM ledger WHERE seq = 2"
+    )
     result = run_gateway(
         "ledger", "verify", env={**env, "GATEWAY_CONFIG": str(config_dir)}, cwd=tmp_path
     )

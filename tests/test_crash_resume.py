@@ -85,14 +85,17 @@ def test_sigkill_mid_fanout_then_restart_completes_every_delivery(
         assert set(seen) == expected
         assert all(r["verified"] for r in receiver.requests())
         duplicates = len(seen) - len(expected)
-        # Only deliveries in flight at the kill may go out twice, with the same webhook-id.
-        assert duplicates <= CONCURRENCY
         receipts = _http(gw.url + f"/v1/warnings/{body['id']}/receipts")[1]["entries"]
         resumed = [e for e in receipts if e["stage"] == "queued" and e["data"].get("resumed")]
         assert len(resumed) == 1
-        # Resumed: all not recorded as delivered; a request logged by the receiver may have
-        # been in flight (unrecorded) at the kill.
+        # Resumed: every delivery not recorded as delivered at the kill, so at least those the
+        # receiver had not seen; a request it logged may have been in flight then, or sent with
+        # its outcome still on the way to the store (how many depends on how fast the store
+        # commits, not on the contract).
         resumed_count = resumed[0]["data"]["deliveries"]
-        assert PARTNERS - before <= resumed_count <= PARTNERS - before + CONCURRENCY
+        assert PARTNERS - before <= resumed_count <= PARTNERS
+        # Only those may go out twice (with the same webhook-id): the ones the receiver saw
+        # before the kill, and those in flight at it, that the store had not recorded.
+        assert duplicates <= before - (PARTNERS - resumed_count) + CONCURRENCY
     finally:
         gw.stop()

@@ -35,6 +35,7 @@ from tests.fanout import (
 from tests.helpers import auth, token_env, warning_body
 from tests.mqtt_broker import Mosquitto
 from tests.smtp_server import SmtpServer, SmtpServerFactory
+from tests.store_switch import store_url
 from tests.webhook_receiver import MakeReceiver
 
 
@@ -165,7 +166,7 @@ async def test_red_warning_reaches_every_channel(
     assert [e["stage"] for e in warning_only].count("attempt") == 198
     assert [e["stage"] for e in warning_only].count("delivered") == 198
     await api.close()
-    async with open_store(settings.store_url) as store:
+    async with open_store(store_url(settings.store_url)) as store:
         assert await verify(store.ledger()) > 0
 
 

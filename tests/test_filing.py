@@ -23,6 +23,7 @@ from gateway.store.base import DeliveryRecord
 from tests.conftest import GatewayClient
 from tests.fanout import fanout_config, post_warning, settled
 from tests.helpers import auth, token_env, warning_body
+from tests.store_switch import settings_for
 
 BEIJING = timezone(timedelta(hours=8))
 MACHINE_FIELDS = {"warning_id", "generated_at"}
@@ -48,7 +49,7 @@ async def reports_client(
         **token_env(),
         "GATEWAY_STORE": f"sqlite:///{tmp_path}/g.db",
     }
-    app = build_app(load_settings(config, env))
+    app = build_app(settings_for(load_settings(config, env)))
     if not has_report_routes(app):
         add_report_routes(app)
     return await aiohttp_client(app)

@@ -12,16 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from gateway.config import load_settings
 from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, Stage, verify
-from gateway.store import SqliteStore, StoredWarning
+from gateway.store import StoredWarning
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate
 from gateway.web_keys import STORE
 from tests.conftest import MakeClient
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, auth, iso, warning_body
+from tests.store_switch import store_at
 
 LONE = "\ud800"
 PROVIDER_TOKEN = "tok-provider-0123456789"
@@ -176,7 +178,7 @@ async def test_a_write_the_store_cannot_encode_fails_alone_in_its_batch(
     """Given to the store directly (no HTTP validation in front), the poisoned write is refused
     with Unstorable before it joins the group commit; the 60 writes queued around it commit and
     the chain verifies."""
-    async with SqliteStore(tmp_path / "s.db") as store:
+    async with store_at(tmp_path / "s.db") as store:
         good = [
             store.append([LedgerDraft(f"w{i}", Stage.RECEIVED, NOW, {"n": i})]) for i in range(30)
         ]
@@ -192,9 +194,9 @@ async def test_a_write_the_store_cannot_encode_fails_alone_in_its_batch(
 
 
 async def test_a_batch_that_fails_at_commit_is_retried_write_by_write(tmp_path: Path) -> None:
-    """A write that passes the checks but fails in SQLite (here a delivery id already taken)
+    """A write that passes the checks but fails in the database (here a delivery id already taken)
     fails alone: its batch is committed again one write per transaction."""
-    async with SqliteStore(tmp_path / "s.db") as store:
+    async with store_at(tmp_path / "s.db") as store:
         taken = DeliveryRecord("d-taken", "w-first", "e", "sms", 3)
         await store.accept(_stored("w-first"), [], [taken])
         clash = store.accept(
@@ -204,7 +206,7 @@ async def test_a_batch_that_fails_at_commit_is_retried_write_by_write(tmp_path: 
             store.append([LedgerDraft(f"w{i}", Stage.RECEIVED, NOW, {"n": i})]) for i in range(20)
         ]
         results = await asyncio.gather(*good[:10], clash, *good[10:], return_exceptions=True)
-        assert isinstance(results[10], sqlite3.IntegrityError), results[10]
+        assert isinstance(results[10], sqlite3.IntegrityError | psycopg.IntegrityError), results[10]
         assert not [r for r in results[:10] + results[11:] if isinstance(r, BaseException)]
         assert await store.get_warning("w-clash") is None
         assert await verify(store.ledger()) == 20
@@ -213,7 +215,7 @@ async def test_a_batch_that_fails_at_commit_is_retried_write_by_write(tmp_path: 
 async def test_an_outcome_with_bad_text_is_stored_escaped_not_lost(tmp_path: Path) -> None:
     """`record_soon` has no caller to refuse: a delivery outcome whose diagnostic text is not
     valid Unicode is stored with that text escaped, and the writes beside it are kept."""
-    async with SqliteStore(tmp_path / "s.db") as store:
+    async with store_at(tmp_path / "s.db") as store:
         await store.accept(_stored("w"), [], [DeliveryRecord("d", "w", "e", "sms", 3)])
         store.record_soon(
             [DeliveryUpdate("d", "failed", 1, {"reason": f"smtp said {LONE}"})],

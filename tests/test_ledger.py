@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ import pytest
 
 from gateway.exceptions import LedgerCorrupt
 from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, Stage, chain, verify
-from gateway.store import SqliteStore
+from tests.store_switch import execute, store_at, store_url
 
 
 async def _iter(entries: list[LedgerEntry]) -> AsyncIterator[LedgerEntry]:
@@ -74,21 +73,23 @@ async def test_concurrent_appends_form_one_gapless_chain_that_survives_reopen(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "s.db"
-    async with SqliteStore(path) as store:
+    async with store_at(path) as store:
         drafts = [
             [LedgerDraft(f"w{i}", Stage.RECEIVED, datetime.now(UTC), {"n": i})] for i in range(300)
         ]
         await asyncio.gather(*(store.append(d) for d in drafts))
         assert await verify(store.ledger()) == 300
-    async with SqliteStore(path) as store:  # the chain continues after a reopen
+    async with store_at(path) as store:  # the chain continues after a reopen
         await store.append([LedgerDraft("w", Stage.RECEIVED, datetime.now(UTC))])
         assert await verify(store.ledger()) == 301
-    rows = sqlite3.connect(path).execute("SELECT count(*), min(seq), max(seq) FROM ledger")
-    assert rows.fetchone() == (301, 1, 301)
+    rows = execute(
+        store_url(f"sqlite:///{path}"), "SELECT count(*), min(seq), max(seq) FROM ledger"
+    )
+    assert rows == [(301, 1, 301)]
 
 
 async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s.db")
+    store = store_at(tmp_path / "s.db")
     with pytest.raises(RuntimeError, match="not open"):
         await store.append([LedgerDraft("w", Stage.RECEIVED, datetime.now(UTC))])
 
@@ -132,12 +133,12 @@ async def test_record_soon_writes_are_durable_and_a_backlog_makes_producers_wait
 
     path = tmp_path / "s.db"
     count = MAX_BACKLOG + 10
-    async with SqliteStore(path) as store:
+    async with store_at(path) as store:
         for i in range(count):  # faster than any disk: the writer has not run yet
             store.record_soon([], [LedgerDraft("w", Stage.ATTEMPT, datetime.now(UTC), {"i": i})])
         assert store.lagging()
         await asyncio.wait_for(store.caught_up(), 30)
         assert not store.lagging()
-    async with SqliteStore(path) as store:  # closing wrote what was still queued
+    async with store_at(path) as store:  # closing wrote what was still queued
         assert await verify(store.ledger()) == count
         assert [e.data["i"] for e in await store.entries_for("w")] == list(range(count))

@@ -157,6 +157,7 @@ def _drop_aggregates(db: Path) -> int:
     return len(found)
 
 
+@pytest.mark.sqlite_only  # drops the aggregates from the SQLite file to test its migration
 async def test_the_figures_survive_a_restart_and_a_migration(
     api: GatewayClient, tmp_path: Path, aiohttp_client: AiohttpClient
 ) -> None:

@@ -70,6 +70,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.sqlite_only  # the SQLite file on a disk that fills up
 def test_full_disk_answers_503_loses_nothing_and_recovers(
     small_disk: Path, config_dir: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -133,6 +134,7 @@ def wait_all_delivered(gw: GatewayProcess, ids: list[str], timeout: float = 30) 
     assert not left, f"not delivered after the disk recovered: {left[:3]}"
 
 
+@pytest.mark.sqlite_only  # the SQLite file on a disk that fills up
 def test_outcomes_that_arrive_while_the_disk_is_full_are_kept_until_they_commit(
     small_disk: Path, config_dir: Path, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -27,7 +27,6 @@ from gateway.store.write_queue import MAX_BATCH
 
 log = logging.getLogger("gateway.store")
 
-"""Queued writes beyond which `lagging` asks producers of outcomes to wait."""
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 """Backoff bounds of kept outcomes while the database cannot write."""
