@@ -79,6 +79,7 @@ async def test_sign_in_sets_a_strict_httponly_cookie_and_shows_the_list(
     assert "Content-Security-Policy" in page.headers
 
 
+@pytest.mark.sqlite_only  # the in-memory session book (Redis sessions: test_console_redis.py)
 @pytest.mark.parametrize(
     ("token", "status", "message"),
     [
@@ -100,6 +101,7 @@ async def test_a_bad_token_gets_a_message_and_no_session(
     assert len(book) == 0
 
 
+@pytest.mark.sqlite_only  # the in-memory limit (the shared one: test_console_redis.py)
 async def test_failed_sign_ins_from_one_address_are_refused_for_a_while(
     api: GatewayClient,
 ) -> None:

@@ -134,6 +134,7 @@ def _lead_config(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.sqlite_only  # one process's lead gate: across gateways a head start only
 async def test_boards_and_loudspeakers_are_reached_before_other_channels(
     tmp_path: Path, make_client: MakeClient
 ) -> None:

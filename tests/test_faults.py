@@ -468,6 +468,7 @@ class FailOnce(Channel):
         return Outcome(delivered=True)
 
 
+@pytest.mark.sqlite_only  # patches the local RateLimiter (shared: test_shared_queue.py)
 async def test_a_trial_stopped_at_the_rate_limiter_lets_another_trial_through(
     tmp_path: Path, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

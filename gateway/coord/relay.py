@@ -28,6 +28,7 @@ from gateway.coord.streams import Entry, Streams
 from gateway.dispatcher import Dispatcher
 from gateway.exceptions import StoreUnavailable
 from gateway.jobs import notice_of
+from gateway.ledger import LedgerDraft, Stage
 from gateway.redis_link import stop_tasks
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState
@@ -41,6 +42,8 @@ FULL_POLL_S = 0.01
 """How often a feeder whose channel has no room looks again."""
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0
 NOTICES_KEPT = 1000
+MAX_TAKE_OVER = 20_000
+"""Claims taken over in one round at most (the next round takes the rest)."""
 
 
 class SharedQueue:
@@ -170,8 +173,9 @@ class SharedQueue:
         else:
             log.error("cannot read claimed deliveries from the store: %s", exc)
 
-    async def _claimed(self, entries: Sequence[Entry]) -> None:
-        """Queue here the claimed `entries` whose deliveries are pending; ack the rest."""
+    async def _claimed(self, entries: Sequence[Entry], *, taken_over: bool = False) -> None:
+        """Queue here the claimed `entries` whose deliveries are pending; ack the rest. Those
+        `taken_over` from a silent process are recorded in the ledger as queued again."""
         again: list[Entry] = []
         fresh: list[Entry] = []
         for e in entries:
@@ -207,8 +211,20 @@ class SharedQueue:
                 over += [self._held.pop(r.id) for r in recs]
                 continue
             self.dispatcher.take(notice, recs)
+            if taken_over:
+                self._record_resumed(warning_id, recs)
         await self.streams.ack(again, done=False)
         await self.streams.ack(over)
+
+    def _record_resumed(self, warning_id: str, recs: Sequence[DeliveryRecord]) -> None:
+        """The `queued` entry of deliveries resumed here after their process went silent (as
+        a restarted gateway records what it resumes)."""
+        channels: dict[str, int] = {}
+        for r in recs:
+            channels[r.channel] = channels.get(r.channel, 0) + 1
+        data = {"deliveries": len(recs), "channels": channels, "resumed": True}
+        entry = LedgerDraft(warning_id, Stage.QUEUED, self.dispatcher.clock(), data)
+        self.store.record_soon([], [entry])
 
     async def _read(self, ids: Sequence[str]) -> list[DeliveryRecord]:
         """The deliveries of `ids`, waiting out a store outage (they stay claimed)."""
@@ -255,15 +271,16 @@ class SharedQueue:
 
     async def _take_over(self) -> None:
         idle_ms = int(self.claim_idle_s * 1000)
+        taken: list[Entry] = []
         for stream in self.streams.all_streams():
-            while not self._closing:
+            while not self._closing and len(taken) < MAX_TAKE_OVER:
                 entries = await self.streams.take_over(stream, idle_ms, MAX_READ)
-                if not entries:
-                    break
-                log.warning("taking over %d deliveries of a gateway gone silent", len(entries))
-                await self._claimed(entries)
+                taken += entries
                 if len(entries) < MAX_READ:
                     break
+        if taken:
+            log.warning("taking over %d deliveries of a gateway gone silent", len(taken))
+            await self._claimed(taken, taken_over=True)
 
     async def _flush_acks(self) -> None:
         while not self._closing:
