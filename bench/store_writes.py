@@ -6,7 +6,8 @@ entries, hash-chained), waiting at `caught_up` when the store lags; the clock st
 store has closed (every outcome durable). Both are durable on commit: SQLite WAL with
 synchronous=FULL on a file in a temp dir; PostgreSQL 15 from Debian, a private cluster with
 fsync=on on the same disk, over loopback TCP. With --processes 2 the PostgreSQL run is two
-store instances (two pools) writing into one chain concurrently, N each.
+store instances (two pools) writing into one chain concurrently, N each. It also prints how
+long the `accept` of the N deliveries took (before a 202 the platform waits for it).
 
     python bench/store_writes.py [--deliveries 20000] [--processes 2]
 """
@@ -26,12 +27,14 @@ from gateway.store.base import DeliveryRecord, DeliveryUpdate
 from tests.store_servers import PgCluster
 
 
-async def outcomes(url: str, n: int, wid: str) -> None:
+async def outcomes(url: str, n: int, wid: str, accepted: list[float]) -> None:
     now = datetime.now(UTC)
     warning = StoredWarning(wid, "h", {"id": wid}, {}, "active", now, now + timedelta(hours=1), {})
     ds = [DeliveryRecord(f"{wid}/{i}", wid, f"e{i}", "sms", 1) for i in range(n)]
     async with open_store(url) as store:
+        started = time.perf_counter()
         await store.accept(warning, [LedgerDraft(wid, Stage.RECEIVED, now)], ds)
+        accepted.append(time.perf_counter() - started)
         for d in ds:
             entries = [
                 LedgerDraft(wid, Stage.ATTEMPT, now, {"delivery_id": d.id}),
@@ -49,8 +52,10 @@ async def count(url: str) -> int:
 
 
 def run(label: str, url: str, n: int, processes: int) -> None:
+    accepted: list[float] = []
+
     async def all_of_them() -> None:
-        await asyncio.gather(*(outcomes(url, n, f"w{p}") for p in range(processes)))
+        await asyncio.gather(*(outcomes(url, n, f"w{p}", accepted) for p in range(processes)))
 
     start = time.perf_counter()
     asyncio.run(all_of_them())
@@ -59,7 +64,8 @@ def run(label: str, url: str, n: int, processes: int) -> None:
     total = n * processes
     print(
         f"{label:<28} {total:>7} outcomes in {took:6.2f} s: {total / took:8.0f} outcomes/s "
-        f"({2 * total / took:8.0f} ledger entries/s); chain of {entries} verifies"
+        f"({2 * total / took:8.0f} ledger entries/s); chain of {entries} verifies; "
+        f"accept of {n} deliveries {max(accepted):.2f} s"
     )
 
 
