@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from pathlib import Path
 from gateway.ledger import LedgerDraft, Stage, verify
 from gateway.store import Store, StoredWarning, open_store
 from gateway.store.base import DeliveryRecord, DeliveryUpdate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.store_servers import PgCluster
 
 
