@@ -97,18 +97,26 @@ class SharedQueue:
     ) -> None:
         self._closing = True
         await stop_tasks(self._tasks)
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self.streams.ack(self._acks)
             await self.streams.push(self._unpushed)
-            # What this process still held goes back to the queue for the others at once
-            # (else taken over after claim_idle_s); the dispatcher's workers stopped first.
-            held = list(self._held.values())
-            if held:
-                records = await self.store.deliveries_by_id([e.delivery_id for e in held])
-                again = [r for r in records if r.state == DeliveryState.PENDING]
-                await self.streams.push([(r.id, r.channel, r.level) for r in again])
-                await self.streams.ack(held, done=False)
-                log.info("handed %d unfinished deliveries back to the queue", len(held))
+            await self._hand_back()
+        except (RedisError, StoreUnavailable, OSError) as exc:
+            log.warning("claims not handed back (%s): taken over after claim_idle_s", exc)
+
+    async def _hand_back(self) -> None:
+        """Queue again, for the others at once, what this process still holds (else taken
+        over after claim_idle_s); the dispatcher's workers stopped first."""
+        held = {e.id: e for e in [*self._held.values(), *await self.streams.mine()]}
+        if not held:
+            return
+        records = await self.store.deliveries_by_id(list({e.delivery_id for e in held.values()}))
+        again = [r for r in records if r.state == DeliveryState.PENDING]
+        await self.streams.push([(r.id, r.channel, r.level) for r in again])
+        pending = {r.id for r in again}
+        await self.streams.ack([e for e in held.values() if e.delivery_id in pending], done=False)
+        await self.streams.ack([e for e in held.values() if e.delivery_id not in pending])
+        log.info("handed %d unfinished deliveries back to the queue", len(again))
 
     # -- Relay ---------------------------------------------------------------------------
 

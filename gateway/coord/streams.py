@@ -123,6 +123,27 @@ class Streams:
                 pipe.srem(self.live, *(e.delivery_id for e in entries))
             await pipe.execute()
 
+    async def mine(self) -> list[Entry]:
+        """Every entry this process has claimed and not acked, in every stream (also those a
+        cancelled read claimed before its reply reached the caller)."""
+        out: list[Entry] = []
+        for name in self.all_streams():
+            try:
+                pending = await self.client.xpending_range(
+                    name, GROUP, min="-", max="+", count=100_000, consumername=self.link.name
+                )
+            except ResponseError:  # no such stream or group (Redis lost them)
+                continue
+            ids: list[Any] = [p["message_id"] for p in pending]
+            if ids:
+                claimed: Any = await self.client.xclaim(name, GROUP, self.link.name, 0, ids)
+                out += [
+                    Entry(name, _text(eid), _text(fields[FIELD]))
+                    for eid, fields in claimed
+                    if fields and FIELD in fields
+                ]
+        return out
+
     async def renew(self, stream: str, ids: Sequence[str]) -> list[str]:
         """Renew this process's claims on `ids` of `stream`; the ids it no longer holds."""
         lost: list[str] = []
