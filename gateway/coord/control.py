@@ -43,6 +43,7 @@ STOP_WAIT_S = 2.0
 """How long a stop waits for the other processes' word that they stopped."""
 ACKS_KEPT_S = 60
 RECONNECT_MAX_S = 5.0
+POLL_S = 1.0
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -139,10 +140,11 @@ class Control:
                 await pubsub.subscribe(self.channel)
                 self._up()
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    if self._closing:
-                        break
-                    if message.get("type") == "message":
+                # Polled, not `listen()`: a read that blocks until a message comes would keep a
+                # task alive past its close when redis-py swallows the cancellation.
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=POLL_S)
+                    if message is not None and message.get("type") == "message":
                         await self._apply(message["data"])
             except RedisError as exc:
                 self._lost(exc)
