@@ -198,17 +198,15 @@ class Dispatcher(Attempts):
         else:
             self.take(notice, records)
 
-    def take(self, notice: Notice, records: Sequence[DeliveryRecord]) -> list[str]:
+    def take(self, notice: Notice, records: Sequence[DeliveryRecord]) -> None:
         """Queue `records` (pending deliveries of `notice`) on this process's channel queues;
-        the ids of those already here (not queued twice)."""
+        one already here is not queued twice."""
         # Idle workers wake in this order: boards and loudspeakers first, they reach everyone
         # in the area at once; the order among channels of one level is only a head start.
         ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
         tracked = self._jobs.setdefault(notice.id, set())
-        here = []
         for rec in ordered:
             if rec.id in self._live:
-                here.append(rec.id)
                 continue
             job_notice = notice
             if rec.purpose == EXPIRED:
@@ -222,7 +220,6 @@ class Dispatcher(Attempts):
             self._enqueue(job)
         if not tracked:
             del self._jobs[notice.id]
-        return here
 
     def tracked(self) -> set[str]:
         """The warnings this process has deliveries of that their end would stop."""
