@@ -21,7 +21,6 @@ from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor
 
-from gateway.exceptions import FieldError, Unstorable
 from gateway.ledger import LedgerDraft, entry_hash, timestamp
 from gateway.store.base import DeliveryState
 from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
@@ -91,23 +90,6 @@ class Attempt:
     hash: str = ""
     entries: int = 0
     committing: bool = False
-
-
-def check_text(w: Write) -> None:
-    """Unstorable for a text PostgreSQL refuses that SQLite takes: a NUL character (JSON texts
-    escape it; plain columns would fail the batch)."""
-    assert w.rows is not None
-    heads = [(d.warning_id, d.stage.value) for d in w.entries]
-    tables: list[tuple[str, Sequence[Sequence[object]]]] = [*w.rows.tables(), ("ledger", heads)]
-    for table, rows in tables:
-        for row in rows:
-            for i, value in enumerate(row):
-                if isinstance(value, str) and "\x00" in value:
-                    reason = "holds a NUL character"
-                    raise Unstorable(
-                        f"cannot store a {table} row: {reason}",
-                        errors=[FieldError(f"{table}[{i}]", reason)],
-                    )
 
 
 # The statements a batch runs most (per outcome) take whole columns as arrays: one statement

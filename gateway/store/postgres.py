@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerEntry, timestamp
-from gateway.store import pg_schema, pg_stats_read, pg_write
+from gateway.store import pg_schema, pg_stats_read
 from gateway.store.base import (
     CommitListener,
     CoverageRow,
@@ -122,9 +122,7 @@ class PostgresStore(WriteQueue):
         return self._commits.committed
 
     def _prepare(self, write: Write) -> Write:
-        prepare(write)
-        pg_write.check_text(write)
-        return write
+        return prepare(write, nul_refused=True)
 
     # -- reads and small writes --------------------------------------------------------------
 

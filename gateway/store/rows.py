@@ -90,7 +90,7 @@ class Write:
     """canonical_json of each entry's data, as hashed and stored."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Rows:
     """The rows one group commit writes."""
 
@@ -158,8 +158,8 @@ class Rows:
         return stored, entries
 
     def tables(self) -> list[tuple[str, list[tuple[object, ...]]]]:
-        """(name, rows) of every table but the ledger."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "ledger"]
+        """(name, rows) of every table but the ledger that has rows."""
+        return [(name, rows) for name in _TABLES if (rows := getattr(self, name))]
 
     @classmethod
     def of(cls, w: Write) -> Rows:
@@ -234,21 +234,28 @@ class Rows:
         return [(sql, params) for sql, params in out if params]
 
 
-def prepare(w: Write) -> Write:
+_TABLES = tuple(f.name for f in fields(Rows) if f.name != "ledger")
+
+
+def prepare(w: Write, *, nul_refused: bool = False) -> Write:
     """`w` with its rows and ledger data encoded; Unstorable, before `w` joins any batch, when
-    something in it cannot be encoded or bound (so it fails alone)."""
+    something in it cannot be encoded or bound (so it fails alone); with `nul_refused` also
+    for a NUL character in a plain text column (PostgreSQL refuses it, SQLite takes it)."""
     try:
         w.rows = Rows.of(w)
         w.data_json = [canonical_json(d.data) for d in w.entries]
-        heads = [(d.warning_id, d.stage.value, timestamp(d.at)) for d in w.entries]
+        # Of an entry's head only the warning id can be outside text: its stage and time
+        # are the gateway's own ASCII.
+        heads = [(d.warning_id,) for d in w.entries]
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         reason = printable(str(exc))
         raise Unstorable(
             f"cannot encode the write: {reason}", errors=[FieldError("(write)", reason)]
         ) from exc
     for table, rows in w.rows.tables():
-        check_rows(table, rows)
-    check_rows("ledger", heads)
+        check_rows(table, rows, nul_refused=nul_refused)
+    check_rows("ledger", heads, nul_refused=nul_refused)
+    # JSON escapes a NUL (\u0000), so the data text never holds one.
     check_rows("ledger.data", [(data,) for data in w.data_json])
     return w
 
@@ -300,17 +307,37 @@ def delivery_row(d: DeliveryRecord) -> tuple[object, ...]:
     )
 
 
-def check_rows(table: str, rows: Iterable[Sequence[object]]) -> None:
-    """Raise Unstorable for the first value of `rows` that SQLite cannot bind as given."""
+def check_rows(table: str, rows: Iterable[Sequence[object]], *, nul_refused: bool = False) -> None:
+    """Raise Unstorable for the first value of `rows` that the store cannot bind as given:
+    text that is not valid Unicode, an integer beyond 64 bits, with `nul_refused` a NUL."""
+    low, high = _INT64
     for row in rows:
-        for i, value in enumerate(row):
-            if isinstance(value, str) and not valid_unicode(value):
-                reason = "holds text that is not valid Unicode"
-            elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
-                reason = "holds an integer beyond 64 bits"
+        for value in row:
+            # ASCII text and 64-bit ints pass here, without the per-value work of `_refusal`.
+            if isinstance(value, str):
+                if value.isascii() and not (nul_refused and "\x00" in value):
+                    continue
+            elif isinstance(value, int):
+                if low <= value <= high:
+                    continue
             else:
                 continue
-            raise Unstorable(
-                f"cannot store a {table} row: {reason}",
-                errors=[FieldError(f"{table}[{i}]", reason)],
-            )
+            _refusal(table, row, nul_refused)
+            break
+
+
+def _refusal(table: str, row: Sequence[object], nul_refused: bool) -> None:
+    """Raise Unstorable naming the first value of `row` that cannot be bound, if any."""
+    for i, value in enumerate(row):
+        if isinstance(value, str) and not valid_unicode(value):
+            reason = "holds text that is not valid Unicode"
+        elif isinstance(value, str) and nul_refused and "\x00" in value:
+            reason = "holds a NUL character"
+        elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            reason = "holds an integer beyond 64 bits"
+        else:
+            continue
+        raise Unstorable(
+            f"cannot store a {table} row: {reason}",
+            errors=[FieldError(f"{table}[{i}]", reason)],
+        )
