@@ -18,9 +18,9 @@ from typing import Any
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.cap_profile import DEFAULT_CAP_SENDER
-from gateway.cap_read import cap_to_document
-from gateway.cap_write import document_to_cap
+from gateway.cap.profile import DEFAULT_CAP_SENDER
+from gateway.cap.read import cap_to_document
+from gateway.cap.write import document_to_cap
 from gateway.clients import Scope
 from gateway.config import DEFAULT_BODY_TIMEOUT_S
 from gateway.coverage import coverage_report

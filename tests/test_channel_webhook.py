@@ -305,7 +305,7 @@ async def test_key_rotation_signs_with_every_secret(
 
 
 async def test_cap_format_posts_signed_schema_valid_cap_in_json(channel: WebhookChannel) -> None:
-    from gateway.cap_read import validate_cap
+    from gateway.cap.read import validate_cap
 
     msg = message(fmt="cap")
     body, headers = channel.build_request(msg, datetime.now(UTC))
