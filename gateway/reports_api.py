@@ -17,11 +17,11 @@ from aiohttp import web
 
 from gateway.clients import Scope
 from gateway.exceptions import NotFound
-from gateway.filing import filing_form, filing_html
 from gateway.guard import read_response, requires
 from gateway.masking import mask
-from gateway.stats_query import parse_query
-from gateway.stats_report import load_report
+from gateway.reports.filing import filing_form, filing_html
+from gateway.reports.stats_answer import load_report
+from gateway.reports.stats_query import parse_query
 from gateway.web_keys import REGISTRY, STORE
 
 HTML = "text/html"

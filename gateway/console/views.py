@@ -10,8 +10,8 @@ from typing import Any
 
 from gateway.api import receipts_timeline, warning_summary
 from gateway.coverage import coverage_report
-from gateway.filing import filing_form
 from gateway.masking import mask
+from gateway.reports.filing import filing_form
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, area_districts
 from gateway.townships import Registry
