@@ -16,9 +16,9 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import build_app
 from gateway.config import load_settings
+from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.reports.filing import FORM_FIELDS, channels_used, validity
 from gateway.reports_api import add_report_routes, prefers_html
-from gateway.samples import red_rainstorm_wanzhou
 from gateway.store.base import DeliveryRecord
 from tests.conftest import GatewayClient
 from tests.fanout import fanout_config, post_warning, settled
