@@ -28,7 +28,7 @@ from gateway.exceptions import ConfigError, LedgerCorrupt, StoreUnavailable
 from gateway.ledger import verify
 from gateway.store import is_postgres, open_store
 from gateway.townships import Registry
-from gateway.web_keys import BOOK
+from gateway.web.keys import BOOK
 
 log = logging.getLogger("gateway")
 

@@ -34,15 +34,14 @@ from gateway.exceptions import (
     StoreUnavailable,
     UnsupportedMedia,
 )
-from gateway.guard import AUTH, CLIENT, json_response, read_response, requires
 from gateway.ingest import utc_now
 from gateway.ledger import LedgerEntry
 from gateway.masking import mask
 from gateway.receipts import ManualConfirmation, parse_receipt
 from gateway.release_list import ReleaseList
-from gateway.reports_api import add_report_routes
 from gateway.store.base import DeliveryRecord, StoredWarning
-from gateway.web_keys import (
+from gateway.web.guard import AUTH, CLIENT, json_response, read_response, requires
+from gateway.web.keys import (
     BODY_TIMEOUT,
     DISPATCHER,
     INGEST,
@@ -56,6 +55,7 @@ from gateway.web_keys import (
     STORE,
     TRACKER,
 )
+from gateway.web.reports import add_report_routes
 
 log = logging.getLogger("gateway.api")
 
@@ -386,8 +386,8 @@ async def refresh_metrics(app: web.Application) -> None:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document shipped in the package (gateway/openapi.json)."""
-    text = resources.files("gateway").joinpath("openapi.json").read_text(encoding="utf-8")
+    """The OpenAPI document shipped in the package (gateway/web/openapi.json)."""
+    text = resources.files("gateway.web").joinpath("openapi.json").read_text(encoding="utf-8")
     doc: dict[str, Any] = json.loads(text)
     return doc
 
