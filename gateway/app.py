@@ -37,6 +37,7 @@ from gateway.redis_link import RedisLink
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry
+from gateway.web.errors import error_middleware
 from gateway.web.guard import AUTH
 from gateway.web.keys import (
     BODY_TIMEOUT,
@@ -53,7 +54,7 @@ from gateway.web.keys import (
     STORE,
     TRACKER,
 )
-from gateway.web.warnings import add_routes, error_middleware
+from gateway.web.routes import add_routes
 
 Sleep = Callable[[float], Awaitable[None]]
 

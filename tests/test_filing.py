@@ -37,7 +37,7 @@ async def reports_client(
     aiohttp_client: AiohttpClient, tmp_path: Path, *, temporary_release: bool = False
 ) -> GatewayClient:
     """The gateway on the fan-out test config (stub SMS only) with the report routes, whether or
-    not `gateway.web.warnings.add_routes` adds them already (routes must be added before
+    not `gateway.web.routes.add_routes` adds them already (routes must be added before
     startup)."""
     config = fanout_config(tmp_path)
     if temporary_release:  # art. 26: the platform client may release unlisted hazards

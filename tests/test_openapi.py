@@ -6,7 +6,7 @@ import re
 
 from gateway.app import build_app
 from gateway.config import Settings
-from gateway.web.warnings import openapi_document
+from gateway.web.service import openapi_document
 from tests.conftest import GatewayClient
 
 METHODS = {"get", "post", "put", "patch", "delete"}

@@ -5,7 +5,7 @@ GET /v1/warnings/{id}/filing  the annex-2 form as JSON; as a printable HTML page
 GET /v1/stats                 art. 17 (环节计时) and art. 27 (效能评估) figures for warnings
                               received in [from, to), optionally only those touching `district`.
 
-`add_report_routes(app)` adds both; it is called from `gateway.web.warnings.add_routes`. The
+`add_report_routes(app)` adds both; it is called from `gateway.web.routes.add_routes`. The
 AppKeys both modules read are in `gateway.web.keys`.
 """
 

@@ -1,153 +1,40 @@
-"""HTTP routes of design.md's contract (aiohttp web layer).
-
-Errors are JSON `{code, message, errors?}`. Every route but /healthz and /openapi.json needs a
-client's bearer token and the route's scope (`requires`); reads mask personal data (`masking`).
-"""
+"""The warning routes: POST /v1/warnings (JSON, or CAP 1.2 mapped to the same JSON), and
+GET /v1/warnings/{id} (its state and delivery counts, or the warning as CAP), its deliveries and
+its township coverage."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
-from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp import web
 
 from gateway.cap.profile import DEFAULT_CAP_SENDER
 from gateway.cap.read import cap_to_document
 from gateway.cap.write import document_to_cap
 from gateway.clients import Scope
-from gateway.config import DEFAULT_BODY_TIMEOUT_S
 from gateway.coverage import coverage_report
-from gateway.exceptions import (
-    BodyTimeout,
-    ClientGone,
-    InvalidWarning,
-    NotFound,
-    PayloadTooLarge,
-    RequestError,
-    StoreUnavailable,
-    UnsupportedMedia,
-)
+from gateway.exceptions import NotFound, RequestError, UnsupportedMedia
 from gateway.ingest import utc_now
-from gateway.ledger import LedgerEntry
-from gateway.masking import mask
-from gateway.receipts import ManualConfirmation, parse_receipt
 from gateway.release_list import ReleaseList
 from gateway.store.base import DeliveryRecord, StoredWarning
-from gateway.web.guard import AUTH, CLIENT, json_response, read_response, requires
+from gateway.web.body import read_body
+from gateway.web.guard import AUTH, json_response, read_response, requires
 from gateway.web.keys import (
-    BODY_TIMEOUT,
-    DISPATCHER,
     INGEST,
     MAX_BODY,
     METRICS,
-    PUBLIC_METRICS,
-    QUEUE_PING,
-    RECEIPTS,
     REGISTRY,
     RELEASE_LIST,
     STORE,
     TRACKER,
 )
-from gateway.web.reports import add_report_routes
-
-log = logging.getLogger("gateway.api")
-
-MAX_RECEIPT_BODY = 16 * 1024
 
 JSON_TYPES = {"application/json", "text/json"}
 CAP_TYPE = "application/cap+xml"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as a JSON body; nothing internal leaks to the client. An HTTP
-    exception's headers (Allow of a 405, Retry-After) are kept; a body timeout closes the
-    connection; a client that left gets no answer."""
-    try:
-        return await handler(request)
-    except BodyTimeout as exc:
-        return await _answer_and_close(request, json_response(exc.body(), exc.status))
-    except RequestError as exc:
-        response = json_response(exc.body(), exc.status)
-        response.headers.update(exc.headers())
-        return response
-    except ClientGone:
-        return web.Response(status=400)  # unsendable: aiohttp drops it quietly
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        resp = json_response({"code": code, "message": exc.reason}, exc.status)
-        resp.headers.extend((k, v) for k, v in exc.headers.items() if k not in _BODY_HEADERS)
-        return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"code": "internal_error", "message": "internal error"}, 500)
-
-
-_BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH})
-
-
-async def _answer_and_close(request: web.Request, resp: web.Response) -> web.Response:
-    """Send `resp`, then close the connection at once: the rest of a stalled body is not
-    waited for (aiohttp would linger reading it)."""
-    resp.force_close()
-    await resp.prepare(request)
-    await resp.write_eof()
-    request.protocol.force_close()
-    return resp
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or PayloadTooLarge past `limit` bytes (declared or actual).
-
-    Also UnsupportedMedia (`unsupported_encoding`) for a Content-Encoding other than identity,
-    BodyTimeout when the body has not arrived within the app's BODY_TIMEOUT, InvalidWarning for
-    a body aiohttp cannot frame, ClientGone (logged in one line) when the client left mid-body.
-    """
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-    if encoding != "identity":
-        raise UnsupportedMedia(
-            f"Content-Encoding {encoding} is not accepted; send the body unencoded (identity)",
-            code="unsupported_encoding",
-        )
-    too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    timeout = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError as exc:
-        raise BodyTimeout(f"the body did not arrive within {timeout:g} s") from exc
-    except (ConnectionError, web.RequestPayloadError) as exc:
-        if request.transport is None or request.transport.is_closing():
-            log.info(
-                "%s %s: client %s left after %d body bytes: %s",
-                request.method,
-                request.path,
-                request.remote,
-                size,
-                exc,
-            )
-            raise ClientGone(str(exc)) from exc
-        raise InvalidWarning(f"the body cannot be read: {exc}", code="malformed_body") from exc
-    return b"".join(chunks)
 
 
 async def post_warning(request: web.Request) -> web.Response:
@@ -299,111 +186,3 @@ async def get_coverage(request: web.Request) -> web.Response:
     rows = await store.coverage_for(wid)
     deadline = request.app[TRACKER].deadline(stored)
     return read_response(coverage_report(stored, rows, request.app[REGISTRY], deadline))
-
-
-@requires(None)
-async def post_receipt(request: web.Request) -> web.Response:
-    """A receipt from its source only (design.md "Trust"); the scope depends on its kind."""
-    app = request.app
-    client = request[CLIENT]
-    raw = await read_body(request, MAX_RECEIPT_BODY)
-    receipt = parse_receipt(raw, utc_now())
-    if isinstance(receipt, ManualConfirmation):
-        data = await app[RECEIPTS].manual(receipt, app[REGISTRY], client)
-        log.info("manual confirmation for %s by client %s", receipt.warning_id, client.name)
-        return json_response({"status": "recorded", **mask(data)}, 202)
-    outcome = await app[RECEIPTS].report(receipt, client)
-    return json_response(outcome.answer(), 202)
-
-
-@requires(Scope.READ)
-async def get_receipts(request: web.Request) -> web.Response:
-    wid = request.match_info["id"]
-    entries = await request.app[STORE].entries_for(wid)
-    if not entries:
-        raise NotFound(f"no ledger entries for {wid}")
-    return read_response(receipts_timeline(wid, entries))
-
-
-def receipts_timeline(wid: str, entries: Sequence[LedgerEntry]) -> dict[str, Any]:
-    """The GET /v1/warnings/{id}/receipts answer (unmasked): each entry with the milliseconds
-    since the first, and when each stage was first reached; `entries` is not empty."""
-    start = datetime.fromisoformat(entries[0].at)
-    out: list[dict[str, Any]] = []
-    for e in entries:
-        item = e.as_json()
-        item["elapsed_ms"] = round((datetime.fromisoformat(e.at) - start).total_seconds() * 1000, 3)
-        out.append(item)
-    stages: dict[str, float] = {}
-    for item in out:
-        stages.setdefault(item["stage"], item["elapsed_ms"])
-    return {"warning_id": wid, "entries": out, "stage_elapsed_ms": stages}
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """200 while the store reads and writes (a probe write each time); 503 otherwise. With
-    several gateways it also says whether Redis answers (`redis`): without it a gateway still
-    accepts warnings durably (queued once Redis is back), so it stays 200."""
-    try:
-        await request.app[STORE].ping()
-    except Exception as exc:
-        log.warning("health check: store unavailable: %s", exc)
-        response = json_response({"status": "unavailable", "store": "down"}, 503)
-        response.headers["Retry-After"] = str(StoreUnavailable.retry_after)
-        return response
-    answer = {"status": "ok", "store": "ok"}
-    queue_ping = request.app.get(QUEUE_PING)
-    if queue_ping is not None:
-        try:
-            await asyncio.wait_for(queue_ping(), 2)
-            answer["redis"] = "ok"
-        except Exception as exc:
-            log.warning("health check: Redis unavailable: %s", exc)
-            answer["redis"] = "down"
-    return json_response(answer)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; behind `read` unless gateway.yaml has `metrics.public: true`."""
-    if not request.app[PUBLIC_METRICS]:
-        client = request.app[AUTH].authenticate(request.headers.get("Authorization"))
-        client.require(Scope.READ)
-    await refresh_metrics(request.app)
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def refresh_metrics(app: web.Application) -> None:
-    """The gauges read at scrape time: coverage share of the active warnings, queue depths."""
-    store, now = app[STORE], utc_now()
-    coverage = []
-    for w in await store.active_warnings():
-        if w.expires_at > now:
-            rows = await store.coverage_for(w.id)
-            covered = sum(r.covered_at is not None for r in rows)
-            coverage.append((int(w.warning["level"]), len(rows), covered))
-    app[METRICS].refresh(coverage, app[DISPATCHER].queued())
-
-
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document shipped in the package (gateway/web/openapi.json)."""
-    text = resources.files("gateway.web").joinpath("openapi.json").read_text(encoding="utf-8")
-    doc: dict[str, Any] = json.loads(text)
-    return doc
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document())
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/warnings", post_warning)
-    app.router.add_get("/v1/warnings/{id}", get_warning)
-    app.router.add_get("/v1/warnings/{id}/receipts", get_receipts)
-    app.router.add_get("/v1/warnings/{id}/deliveries", get_deliveries)
-    app.router.add_get("/v1/warnings/{id}/coverage", get_coverage)
-    app.router.add_post("/v1/receipts", post_receipt)
-    add_report_routes(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
