@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import add_routes, error_middleware
 from gateway.book_cache import load_book
 from gateway.channel_registry import build_channels
 from gateway.channels.base import Channel
@@ -28,7 +27,6 @@ from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import ConfigError
 from gateway.flow import DEFAULT_PER_ENDPOINT, CircuitBreaker, Pacer, RateLimiter
-from gateway.guard import AUTH
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
@@ -39,7 +37,9 @@ from gateway.redis_link import RedisLink
 from gateway.release_list import ReleaseList
 from gateway.store import open_store
 from gateway.townships import Registry
-from gateway.web_keys import (
+from gateway.web.errors import error_middleware
+from gateway.web.guard import AUTH
+from gateway.web.keys import (
     BODY_TIMEOUT,
     BOOK,
     DISPATCHER,
@@ -54,6 +54,7 @@ from gateway.web_keys import (
     STORE,
     TRACKER,
 )
+from gateway.web.routes import add_routes
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -28,7 +28,7 @@ from gateway.exceptions import ConfigError, LedgerCorrupt, StoreUnavailable
 from gateway.ledger import verify
 from gateway.store import is_postgres, open_store
 from gateway.townships import Registry
-from gateway.web_keys import BOOK
+from gateway.web.keys import BOOK
 
 log = logging.getLogger("gateway")
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "drill":
-            from gateway.drill import run_drill
+            from gateway.drill.run import run_drill
 
             return run_drill(args.config, as_json=args.json)
         if args.command == "send":

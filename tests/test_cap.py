@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from defusedxml import ElementTree as defused_et
 
-from gateway.cap_profile import CAP_NS, SCHEMA_PATH
-from gateway.cap_read import cap_to_document, validate_cap
-from gateway.cap_write import cap_category, cap_time, document_to_cap
+from gateway.cap.profile import CAP_NS, SCHEMA_PATH
+from gateway.cap.read import cap_to_document, validate_cap
+from gateway.cap.write import cap_category, cap_time, document_to_cap
 from gateway.config import REPO_CONFIG
 from gateway.exceptions import InvalidWarning, PayloadTooLarge
 from gateway.model import Warning, as_json_dict, parse_warning

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from gateway.cap_profile import CAP_NS, DEFAULT_CAP_SENDER
-from gateway.cap_read import validate_cap
-from gateway.cap_write import cap_time, document_to_cap
+from gateway.cap.profile import CAP_NS, DEFAULT_CAP_SENDER
+from gateway.cap.read import validate_cap
+from gateway.cap.write import cap_time, document_to_cap
 from gateway.config import load_settings
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SECRET_NEWS, SECRET_TV, fanout_config, partner_env, settled

@@ -19,8 +19,8 @@ from gateway.channels import email_render as email_module
 from gateway.channels.base import Message
 from gateway.channels.email import EmailChannel
 from gateway.channels.email_render import TEMPLATE_CACHE, compose, message_id
+from gateway.drill.sinks.smtp_sink import SmtpSink
 from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
-from gateway.sinks.smtp_sink import SmtpSink
 from gateway.values import Endpoint, Notice
 from tests.processes import free_port
 from tests.smtp_server import SmtpServer, SmtpServerFactory

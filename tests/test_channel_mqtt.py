@@ -21,8 +21,8 @@ from paho.mqtt.properties import Properties
 from gateway.channels.base import Message, Outcome
 from gateway.channels.mqtt import PAYLOAD_CACHE, MqttChannel
 from gateway.channels.mqtt_payload import publish_properties as _publish_properties
+from gateway.drill.sinks.mqtt_broker import EmbeddedBroker
 from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
-from gateway.sinks.mqtt_broker import EmbeddedBroker
 from gateway.values import Endpoint, Notice, Receipt
 from tests.mqtt_broker import Mosquitto, mosquitto_fixture  # noqa: F401
 from tests.processes import free_port

@@ -16,13 +16,13 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from gateway.channels.base import Message, parse_retry_after
 from gateway.channels.webhook import MAX_DETAIL_BYTES, USER_AGENT, WebhookChannel
+from gateway.drill.sinks.webhook_receiver import WebhookSink, builtin_verifier, new_secret
 from gateway.exceptions import (
     DeliveryError,
     EndpointGone,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from gateway.sinks.webhook_receiver import WebhookSink, builtin_verifier, new_secret
 from gateway.values import Endpoint, Notice
 from tests.helpers import warning_body
 from tests.webhook_receiver import MakeReceiver, WebhookReceiver
@@ -305,7 +305,7 @@ async def test_key_rotation_signs_with_every_secret(
 
 
 async def test_cap_format_posts_signed_schema_valid_cap_in_json(channel: WebhookChannel) -> None:
-    from gateway.cap_read import validate_cap
+    from gateway.cap.read import validate_cap
 
     msg = message(fmt="cap")
     body, headers = channel.build_request(msg, datetime.now(UTC))

@@ -12,7 +12,7 @@ import pytest
 from gateway.console import SESSIONS, SIGN_IN_LIMIT
 from gateway.console.sessions import ABSOLUTE, COOKIE, IDLE, SessionBook
 from gateway.console.sign_in_limit import MAX_FAILURES, WINDOW, MemorySignInLimit
-from gateway.samples import red_rainstorm_wanzhou
+from gateway.drill.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient
 from tests.console_helpers import sign_in
 from tests.fanout import SAMPLE_BLIND_SPOTS, post_warning, settled

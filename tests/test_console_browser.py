@@ -19,7 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, async_pla
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import Settings
 from gateway.console import HUB
-from gateway.samples import red_rainstorm_wanzhou
+from gateway.drill.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SAMPLE_BLIND_SPOTS, post_warning
 from tests.helpers import TOKENS, auth

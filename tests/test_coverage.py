@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.config import load_settings
-from gateway.samples import red_rainstorm_wanzhou
+from gateway.drill.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SAMPLE_BLIND_SPOTS, fanout_config, ledger, post_warning, settled
 from tests.helpers import auth, token_env, warning_body

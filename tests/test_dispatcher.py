@@ -12,10 +12,10 @@ import pytest
 
 from gateway.channels.base import Channel, Message, Outcome, RecordingChannel
 from gateway.config import load_settings
+from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.exceptions import TransientDeliveryError
 from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
 from gateway.policies.retry import LAST_TRY_S, RetryPolicy
-from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import MakeClient
 from tests.fanout import fanout_config, ledger, post_warning, settled
 from tests.helpers import auth, iso, token_env, warning_body

@@ -17,8 +17,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from gateway.config import load_settings
+from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.ledger import verify
-from gateway.samples import red_rainstorm_wanzhou
 from gateway.store import open_store
 from tests.conftest import MakeClient
 from tests.fanout import (

@@ -34,9 +34,9 @@ import pytest
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import load_settings
+from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.exceptions import TransientDeliveryError
 from gateway.flow import RateLimiter
-from gateway.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import (
     FAST_RETRY,

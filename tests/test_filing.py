@@ -16,10 +16,10 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import build_app
 from gateway.config import load_settings
-from gateway.filing import FORM_FIELDS, channels_used, validity
-from gateway.reports_api import add_report_routes, prefers_html
-from gateway.samples import red_rainstorm_wanzhou
+from gateway.drill.samples import red_rainstorm_wanzhou
+from gateway.reports.filing import FORM_FIELDS, channels_used, validity
 from gateway.store.base import DeliveryRecord
+from gateway.web.reports import add_report_routes, prefers_html
 from tests.conftest import GatewayClient
 from tests.fanout import fanout_config, post_warning, settled
 from tests.helpers import auth, token_env, warning_body
@@ -37,7 +37,8 @@ async def reports_client(
     aiohttp_client: AiohttpClient, tmp_path: Path, *, temporary_release: bool = False
 ) -> GatewayClient:
     """The gateway on the fan-out test config (stub SMS only) with the report routes, whether or
-    not `gateway.api.add_routes` adds them already (routes must be added before startup)."""
+    not `gateway.web.routes.add_routes` adds them already (routes must be added before
+    startup)."""
     config = fanout_config(tmp_path)
     if temporary_release:  # art. 26: the platform client may release unlisted hazards
         yaml = config / "gateway.yaml"

@@ -25,15 +25,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 
-WEB = (
-    "gateway.api",
-    "gateway.reports_api",
-    "gateway.guard",
-    "gateway.app",
-    "gateway.console",
-    "gateway.web",
-    "gateway.web_keys",
-)
+WEB = ("gateway.web", "gateway.console", "gateway.app")
 ENTRY = ("gateway.cli", "gateway.__main__", "gateway.drill")
 LEAVES = (
     "gateway.exceptions",

@@ -20,7 +20,7 @@ from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, Stage, verify
 from gateway.store import StoredWarning
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate
-from gateway.web_keys import STORE
+from gateway.web.keys import STORE
 from tests.conftest import MakeClient
 from tests.helpers import REPO_CONFIG_GATEWAY_YAML, auth, iso, warning_body
 from tests.store_switch import store_at

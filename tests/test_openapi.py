@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from gateway.api import openapi_document
 from gateway.app import build_app
 from gateway.config import Settings
+from gateway.web.service import openapi_document
 from tests.conftest import GatewayClient
 
 METHODS = {"get", "post", "put", "patch", "delete"}

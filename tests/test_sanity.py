@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cap_read import cap_to_document
+from gateway.cap.read import cap_to_document
 from gateway.config import load_settings
 from gateway.exceptions import ConfigError, InvalidWarning
 from gateway.model import DEFAULT_MAX_VALIDITY_DAYS, DEFAULT_SENT_FUTURE_S, DEFAULT_SENT_PAST_S

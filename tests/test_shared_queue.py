@@ -26,7 +26,7 @@ from gateway.coord.relay import SharedQueue
 from gateway.ledger import verify
 from gateway.redis_link import RedisLink
 from gateway.store import open_store
-from gateway.web_keys import DISPATCHER
+from gateway.web.keys import DISPATCHER
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import fanout_config
 from tests.helpers import auth, token_env, warning_body

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.ledger import LedgerEntry
-from gateway.samples import red_rainstorm_wanzhou
-from gateway.stats import warning_figures
-from gateway.stats_report import aggregate, summary
+from gateway.reports.stats import warning_figures
+from gateway.reports.stats_answer import aggregate, summary
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from tests.conftest import GatewayClient
 from tests.fanout import WANZHOU_COVERED, post_warning, settled

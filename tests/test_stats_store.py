@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from gateway.stats import warning_figures
-from gateway.stats_query import StatsQuery
-from gateway.stats_report import LISTED, aggregate
+from gateway.reports.stats import warning_figures
+from gateway.reports.stats_answer import LISTED, aggregate
+from gateway.reports.stats_query import StatsQuery
 from gateway.store.base import area_districts
-from gateway.web_keys import REGISTRY, STORE
+from gateway.web.keys import REGISTRY, STORE
 from tests.conftest import GatewayClient
 from tests.fanout import post_warning, settled
 from tests.helpers import auth, warning_body

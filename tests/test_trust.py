@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.config import load_settings
-from gateway.samples import red_rainstorm_wanzhou
+from gateway.drill.samples import red_rainstorm_wanzhou
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import fanout_config, ledger, partner_env, post_warning, settled
 from tests.helpers import TOKENS, auth, district_issuer, token_env, warning_body

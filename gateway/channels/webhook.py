@@ -33,8 +33,8 @@ from typing import ClassVar, Self
 import aiohttp
 
 from gateway import __version__
-from gateway.cap_profile import DEFAULT_CAP_SENDER
-from gateway.cap_write import document_to_cap
+from gateway.cap.profile import DEFAULT_CAP_SENDER
+from gateway.cap.write import document_to_cap
 from gateway.channels.base import Channel, Message, Outcome, PerWarning, parse_retry_after
 from gateway.exceptions import EndpointGone, PermanentDeliveryError, TransientDeliveryError
 from gateway.values import Notice

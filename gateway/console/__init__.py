@@ -13,8 +13,8 @@ from gateway.console.redis_sessions import RedisSessions
 from gateway.console.routes import HUB, SESSIONS, SIGN_IN_LIMIT, add_console_routes
 from gateway.console.sessions import Clock, SessionBook
 from gateway.console.sign_in_limit import MemorySignInLimit, RedisSignInLimit
-from gateway.guard import AUTH
 from gateway.redis_link import RedisLink
+from gateway.web.guard import AUTH
 
 __all__ = ["HUB", "SESSIONS", "SIGN_IN_LIMIT", "add_console", "share_console"]
 

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 from gateway.console.sessions import Session
 from gateway.console.views import LEVEL_NAMES, STATES, Filters
-from gateway.filing import BEIJING
+from gateway.reports.filing import BEIJING
 
 CHANNEL_NAMES = {
     "mqtt": "显示屏/广播",

@@ -45,12 +45,12 @@ from gateway.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
 from gateway.console.sign_in_limit import SignInLimit, address_of
 from gateway.console.views import Filters, warning_page, warning_rows
 from gateway.exceptions import ConsoleUnavailable, Refused, RequestError, Unauthenticated
-from gateway.filing import filing_form, filing_html
-from gateway.guard import AUTH
 from gateway.ingest import utc_now
 from gateway.masking import mask
 from gateway.receipts import ManualConfirmation
-from gateway.web_keys import RECEIPTS, REGISTRY, STORE, TRACKER
+from gateway.reports.filing import filing_form, filing_html
+from gateway.web.guard import AUTH
+from gateway.web.keys import RECEIPTS, REGISTRY, STORE, TRACKER
 
 log = logging.getLogger("gateway.console")
 

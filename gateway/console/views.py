@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.api import receipts_timeline, warning_summary
 from gateway.coverage import coverage_report
-from gateway.filing import filing_form
 from gateway.masking import mask
+from gateway.reports.filing import filing_form
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, area_districts
 from gateway.townships import Registry
+from gateway.web.receipts import receipts_timeline
+from gateway.web.warnings import warning_summary
 
 RECENT = timedelta(days=3)
 """Retired warnings stay on the list this long after they were received."""

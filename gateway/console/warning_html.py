@@ -20,8 +20,8 @@ from gateway.console.pages import (
     warning_href,
 )
 from gateway.console.sessions import Session
-from gateway.filing import BEIJING
 from gateway.receipts import MEANS
+from gateway.reports.filing import BEIJING
 
 FILING_KEYS = (
     "单位名称",

@@ -163,7 +163,7 @@ class ChannelTally:
 
 @dataclass(frozen=True)
 class WarningTally:
-    """One warning's figures as the aggregates hold them (see gateway/stats.py)."""
+    """One warning's figures as the aggregates hold them (see gateway/reports/stats.py)."""
 
     warning_id: str
     received_at: datetime
@@ -316,7 +316,7 @@ class Store(Protocol):
         self, start: datetime, end: datetime, district: str | None, listed: int
     ) -> StatsFigures:
         """The art. 17/27 figures of the warnings received in [start, end) (with `district`:
-        only those whose area touches it), as defined in gateway/stats.py, and the latest
+        only those whose area touches it), as defined in gateway/reports/stats.py, and the latest
         `listed` of them in full. Read from aggregates that the writes above keep in their
         own transactions (per warning, per warning and channel, per warning and district, per
         delivery), never by walking deliveries or the ledger: the cost grows with the number

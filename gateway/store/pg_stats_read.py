@@ -1,5 +1,5 @@
 """`Store.stats` for the PostgreSQL store: gateway/store/sqlite_stats_read.py's queries over the
-same aggregate tables (gateway/store/pg_schema.py), in PostgreSQL's dialect. The order
+same aggregate tables (gateway/store/pg_migrations.py), in PostgreSQL's dialect. The order
 statistics come back as one sorted array per group."""
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ so a conditional UPDATE (a final state is never overwritten, a township's first 
 counts exactly what it changed. What only the ledger knows (attempts, when a delivery ended,
 escalations) the store adds from the entries of the same batch (`LedgerTally`): one UPSERT per
 delivery and batch. Times are integer microseconds since the epoch; a figure is a difference
-of two of them, so seconds come out exactly as gateway/stats.py computes them from datetimes.
+of two of them, so seconds come out exactly as gateway/reports/stats.py computes them from
+datetimes.
 
 A delivery's end is the first `delivered`/`failed` entry of the batch that finalised it, else
 that batch's last `receipt`; it is set once. (The reference computation takes the first such

@@ -1,7 +1,7 @@
 """CAP 1.2 (OASIS Common Alerting Protocol) out: design.md, "Warning", CAP paragraph.
 
-`document_to_cap` writes a stored warning as CAP 1.2 in the profile of `gateway.cap_profile`
-that validates against the OASIS schema (`gateway.cap_read.validate_cap`).
+`document_to_cap` writes a stored warning as CAP 1.2 in the profile of `gateway.cap.profile`
+that validates against the OASIS schema (`gateway.cap.read.validate_cap`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.cap_profile import (
+from gateway.cap.profile import (
     CAP_CATEGORY_BY_GATEWAY,
     CAP_CATEGORY_BY_KEYWORD,
     CAP_NS,

@@ -5,8 +5,8 @@ GET /v1/warnings/{id}/filing  the annex-2 form as JSON; as a printable HTML page
 GET /v1/stats                 art. 17 (环节计时) and art. 27 (效能评估) figures for warnings
                               received in [from, to), optionally only those touching `district`.
 
-`add_report_routes(app)` adds both; it is called from `gateway.api.add_routes`. The AppKeys
-both modules read are in `gateway.web_keys`.
+`add_report_routes(app)` adds both; it is called from `gateway.web.routes.add_routes`. The
+AppKeys both modules read are in `gateway.web.keys`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from aiohttp import web
 
 from gateway.clients import Scope
 from gateway.exceptions import NotFound
-from gateway.filing import filing_form, filing_html
-from gateway.guard import read_response, requires
 from gateway.masking import mask
-from gateway.stats_query import parse_query
-from gateway.stats_report import load_report
-from gateway.web_keys import REGISTRY, STORE
+from gateway.reports.filing import filing_form, filing_html
+from gateway.reports.stats_answer import load_report
+from gateway.reports.stats_query import parse_query
+from gateway.web.guard import read_response, requires
+from gateway.web.keys import REGISTRY, STORE
 
 HTML = "text/html"
 JSON = "application/json"

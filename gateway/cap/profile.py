@@ -4,7 +4,7 @@ The profile is the one China's national warning system uses: a `zh-CN` info bloc
 block may come with it), urgency and certainty `Unknown`, severity for the colour level, and
 `CPEAS Geographic Code` geocodes of 12 digits (`XXXXXX000000` a district, `XXXXXXXXX000` a
 township). What CAP has no element for travels in `<parameter>` entries named like the JSON
-fields (`PARAMETERS`). `gateway.cap_read` reads CAP with these tables, `gateway.cap_write`
+fields (`PARAMETERS`). `gateway.cap.read` reads CAP with these tables, `gateway.cap.write`
 writes it.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 DEFAULT_CAP_SENDER = "cq-warning-gateway@example.org"
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 CPEAS = "CPEAS Geographic Code"
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "CAP-v1.2.xsd"
+SCHEMA_PATH = Path(__file__).resolve().parent / "CAP-v1.2.xsd"
 INVALID_CAP = "invalid_cap"
 
 NS = f"{{{CAP_NS}}}"

@@ -26,14 +26,14 @@ from aiohttp import ClientSession, ClientTimeout, web
 from gateway.app import build_app
 from gateway.clients import Client
 from gateway.config import Settings, load_settings
+from gateway.drill.samples import red_rainstorm_wanzhou
+from gateway.drill.sinks.mqtt_broker import EmbeddedBroker
+from gateway.drill.sinks.smtp_sink import SmtpSink
+from gateway.drill.sinks.webhook_receiver import WebhookSink, new_secret
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import LedgerCorrupt
 from gateway.ingest import utc_now
 from gateway.ledger import verify
-from gateway.samples import red_rainstorm_wanzhou
-from gateway.sinks.mqtt_broker import EmbeddedBroker
-from gateway.sinks.smtp_sink import SmtpSink
-from gateway.sinks.webhook_receiver import WebhookSink, new_secret
 from gateway.store import open_store
 from gateway.townships import Registry
 from gateway.values import Endpoint

@@ -29,8 +29,8 @@ count/median/p90/max seconds (p90 by nearest rank).
 This module is the reference computation of these figures from a warning's ledger entries,
 deliveries and coverage rows (`warning_figures`, `aggregate`): pure, and O(everything) per
 warning. GET /v1/stats reads the same figures from aggregates the store keeps as deliveries
-finish (`Store.stats`, gateway/stats_report.py); the tests hold the two equal, and the SQLite
-store's migration fills its aggregates of an older database the same way.
+finish (`Store.stats`, gateway/reports/stats_answer.py); the tests hold the two equal, and the
+SQLite store's migration fills its aggregates of an older database the same way.
 """
 
 from __future__ import annotations

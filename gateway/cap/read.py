@@ -3,8 +3,8 @@
 `cap_to_document` reads an untrusted CAP alert and maps it to the gateway's JSON warning document,
 the same dict a JSON client posts; the caller validates it like any JSON body. Only the shape of
 the CAP message is checked here (code `invalid_cap`); field values are the model's business.
-`validate_cap` reports what the OASIS schema shipped in `gateway/schemas/CAP-v1.2.xsd` rejects.
-The profile (`gateway.cap_profile`) is China's national one; `gateway.cap_write` writes it.
+`validate_cap` reports what the OASIS schema shipped in `gateway/cap/CAP-v1.2.xsd` rejects.
+The profile (`gateway.cap.profile`) is China's national one; `gateway.cap.write` writes it.
 
 Safety: XML is parsed by defusedxml with any DOCTYPE refused, so no DTD is loaded, no entity is
 declared or expanded and nothing is fetched (billion laughs, XXE); the size is checked first.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import defusedxml.ElementTree as defused_et
 from defusedxml import DefusedXmlException, DTDForbidden
 
-from gateway.cap_profile import (
+from gateway.cap.profile import (
     CAP_NS,
     CHANNEL_SEP,
     CPEAS,

@@ -1,7 +1,7 @@
 """The typed `web.AppKey`s of the app's resources, in one module that every route module imports.
 
-Set by `gateway.app` at start; read by the handlers of `gateway.api`, `gateway.reports_api` and
-the console. The authenticator's key and the request's client are in `gateway.guard`.
+Set by `gateway.app` at start; read by the route modules of `gateway.web` and the console. The
+authenticator's key and the request's client are in `gateway.web.guard`.
 """
 
 from __future__ import annotations

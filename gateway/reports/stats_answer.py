@@ -1,4 +1,4 @@
-"""The GET /v1/stats answer (art. 17/27 figures, defined in gateway/stats.py).
+"""The GET /v1/stats answer (art. 17/27 figures, defined in gateway/reports/stats.py).
 
 `load_report` renders what the store's aggregates give (`Store.stats`): totals, by_district,
 by_channel, and the latest LISTED warnings of the range in full (`warnings`, oldest first;
@@ -15,13 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.stats import (
+from gateway.reports.stats import (
     ChannelFigures,
     DistrictFigures,
     WarningFigures,
     rate,
 )
-from gateway.stats_query import StatsQuery
+from gateway.reports.stats_query import StatsQuery
 from gateway.store import Store
 from gateway.store.base import TIME_FIGURES, Spread, StatsFigures, Tally, WarningTally
 from gateway.townships import Registry
