@@ -93,6 +93,10 @@ class Lifecycle:
         self._timers[stored.id] = task
         task.add_done_callback(lambda _: self._timers.pop(stored.id, None))
 
+    def watches(self, warning_id: str) -> bool:
+        """Whether the expiry of `warning_id` is watched here."""
+        return warning_id in self._timers
+
     def unwatch(self, warning_id: str) -> None:
         timer = self._timers.pop(warning_id, None)
         if timer is not None and timer is not asyncio.current_task():

@@ -155,10 +155,12 @@ async def test_retire_stops_pending_deliveries_but_not_its_clears(store: Store) 
     assert states == {pending.id: "stopped", sent.id: "sent", clear.id: "pending",
                       expired.id: "pending"}  # fmt: skip
     assert await store.active_warnings() == []
+    assert await store.active_warning_ids() == set()
     # accept can retire the warning the new one replaces, in its own transaction
     await store.accept(stored("a"), [])
     await store.accept(stored("b"), [], retire=("a", "superseded"))
     assert [w.id for w in await store.active_warnings()] == ["b"]
+    assert await store.active_warning_ids() == {"b"}
 
 
 async def test_a_retire_or_an_escalation_that_comes_second_writes_nothing(store: Store) -> None:

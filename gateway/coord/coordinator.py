@@ -3,8 +3,9 @@
 `Coordinator` applies the other processes' control messages to this one (stop a warning's
 deliveries, watch a new warning's expiry and coverage deadline, follow a circuit), tells them
 of this one's (a warning accepted here, a circuit opened or closed here), and runs the
-backstop that holds when a message was missed: every `sweep_s` it reads the active warnings
-from the store, watches those it did not know, and stops what it still sends of any other.
+backstop that holds when a message was missed: every `sweep_s` it reads the ids of the active
+warnings from the store, watches those it did not know, and stops what it still sends of any
+other.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ class Coordinator:
         await self.dispatcher.stop(str(message["warning"]), everywhere=False)
 
     async def _watch(self, message: Mapping[str, Any]) -> None:
-        stored = await self.store.get_warning(str(message["warning"]))
+        await self._learn(str(message["warning"]))
+
+    async def _learn(self, warning_id: str) -> None:
+        """Follow `warning_id` (read from the store) unless this process follows it already."""
+        if self.lifecycle.watches(warning_id):
+            return
+        stored = await self.store.get_warning(warning_id)
         if stored is not None:
             self._follow(stored)
 
@@ -117,13 +124,14 @@ class Coordinator:
         while not self._closing:
             await asyncio.sleep(self.sweep_s)
             try:
-                active = await self.store.active_warnings()
+                # Ids only: every process does this every sweep_s, and reads a warning only
+                # when it does not follow it yet (a `watch` message it missed).
+                ids = await self.store.active_warning_ids()
+                for warning_id in sorted(ids):
+                    await self._learn(warning_id)
             except Exception as exc:
                 log.warning("backstop skipped: %s", exc)
                 continue
-            ids = {w.id for w in active}
-            for w in active:
-                self._follow(w)
             for warning_id in self.dispatcher.tracked() - ids:
                 log.warning("%s ended elsewhere unheard: stopping its deliveries", warning_id)
                 await self.dispatcher.stop(warning_id, everywhere=False)

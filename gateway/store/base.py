@@ -327,6 +327,11 @@ class Store(Protocol):
         """Warnings in state `active`, including any whose expiry was not yet processed."""
         ...
 
+    async def active_warning_ids(self) -> set[str]:
+        """The ids of `active_warnings`, without reading the warnings: what a process that
+        follows the others checks every few seconds."""
+        ...
+
     async def unexpired_warnings(self, now: datetime) -> list[StoredWarning]:
         """Every warning, whatever its state, whose expires_at is after `now`: what retained
         MQTT messages should show (the active ones) or not show (the retired ones)."""

@@ -239,6 +239,11 @@ class PostgresStore(WriteQueue):
         sql = f"SELECT {WARNING_COLUMNS} FROM warnings WHERE state = 'active'"
         return [to_warning(r) for r in await self._rows(sql)]
 
+    async def active_warning_ids(self) -> set[str]:
+        return {
+            str(r[0]) for r in await self._rows("SELECT id FROM warnings WHERE state = 'active'")
+        }
+
     async def ping(self) -> None:
         self._check_open()
         stamp = timestamp(datetime.now(UTC))

@@ -140,6 +140,11 @@ class SqliteReads:
         async with self._r.execute(sql) as cur:
             return [to_warning(r) for r in await cur.fetchall()]
 
+    async def active_warning_ids(self) -> set[str]:
+        assert self._r is not None
+        async with self._r.execute("SELECT id FROM warnings WHERE state = 'active'") as cur:
+            return {str(r[0]) for r in await cur.fetchall()}
+
     async def disabled_endpoints(self) -> dict[str, str]:
         assert self._r is not None
         async with self._r.execute("SELECT endpoint_id, reason FROM disabled_endpoints") as cur:
