@@ -26,7 +26,7 @@ from gateway.coord.relay import SharedQueue
 from gateway.ledger import verify
 from gateway.redis_link import RedisLink
 from gateway.store import open_store
-from gateway.web.keys import DISPATCHER
+from gateway.web.keys import DISPATCHER, INGEST
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import fanout_config
 from tests.helpers import auth, token_env, warning_body
@@ -277,3 +277,28 @@ async def test_a_channel_rate_limit_holds_for_all_gateways_together(redis_url: s
         await asyncio.gather(*(rates[i % 2].acquire() for i in range(11)))
         took = asyncio.get_running_loop().time() - started
     assert took >= 0.95  # 11 sends at 10/s: the 11th goes a second after the first
+
+
+async def test_a_warning_whose_watch_message_never_went_out_is_followed_by_the_backstop(
+    tmp_path: Path, make_client: MakeClient, pg_url: str, redis_url: str
+) -> None:
+    # A warning committed by a process that died before its `watch` message went out: no
+    # message reaches A or B, and each must find it in the store within `sweep_s`.
+    (a, b), _ = await two_gateways(tmp_path, make_client, pg_url, redis_url, sweep_s=0.5)
+    body = warning_body(area=WANZHOU_AND_YUZHONG, channels=["sms"])
+    resp = await a.post("/v1/warnings", json=body, headers=auth())
+    assert resp.status == 202, await resp.json()
+    async with open_store(pg_url) as store:
+        seen = await store.get_warning(body["id"])
+        assert seen is not None
+        unheard = dataclasses.replace(
+            seen, id="unheard-1", warning={**seen.warning, "id": "unheard-1"}
+        )
+        await store.accept(unheard, [])
+    lifecycles = [a.app[INGEST].lifecycle, b.app[INGEST].lifecycle]
+    assert all(lc is not None for lc in lifecycles)
+    await wait_until(
+        lambda: all(lc is not None and lc.watches("unheard-1") for lc in lifecycles),
+        "both gateways watch the unheard warning's expiry",
+    )
+    assert all(lc is not None and lc.watches(body["id"]) for lc in lifecycles)
