@@ -29,6 +29,10 @@ log = logging.getLogger("gateway.coord")
 SOCKET_TIMEOUT_S = 5.0
 RETRIES = 2
 """A Redis call that gets no answer within this fails (and is retried by its caller)."""
+MAX_CONNECTIONS = 100
+"""Connections a process opens to Redis at most. A call beyond them waits (up to
+SOCKET_TIMEOUT_S) for one to come free: a burst of accepted warnings must not fail its
+control messages with redis-py's "Too many connections"."""
 
 
 STOP_WITHIN_S = 5.0
@@ -61,8 +65,10 @@ class RedisLink:
         self.url = url
         self.namespace = f"gw:{deployment}"
         self.name = name or process_name()
-        self.client: aioredis.Redis = aioredis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=SOCKET_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30,
@@ -71,6 +77,7 @@ class RedisLink:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
             retry_on_error=[ConnectionLost, NoAnswer],
         )
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
 
     def key(self, *parts: str) -> str:
         """`gw:{deployment}:part:part...`."""
