@@ -34,7 +34,7 @@ from gateway.model import Limits, MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy, Authorization, check_issuing_unit
 from gateway.policies.routing import Plan, delivery_id, plan
 from gateway.store import Store, StoredWarning
-from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState
+from gateway.store.base import CoverageRow, DeliveryRecord, DeliveryState, WarningState
 from gateway.text import scrub, unicode_errors
 from gateway.townships import Registry
 from gateway.values import Notice
@@ -121,7 +121,7 @@ class Ingest:
         ]
         cancel = warning.msg_type is MsgType.CANCEL
         # A cancel is over once sent: it is the record of the warning it ended.
-        state = "cancelled" if cancel else "active"
+        state = WarningState.CANCELLED if cancel else WarningState.ACTIVE
         answer = {
             "id": warning.id,
             "status": state,
@@ -148,7 +148,9 @@ class Ingest:
         if replaced is not None:
             clears = clear_deliveries(replaced.id, old_deliveries)
             old_state, stage = (
-                ("cancelled", Stage.CANCELLED) if cancel else ("superseded", Stage.SUPERSEDED)
+                (WarningState.CANCELLED, Stage.CANCELLED)
+                if cancel
+                else (WarningState.SUPERSEDED, Stage.SUPERSEDED)
             )
             entries.append(LedgerDraft(replaced.id, stage, self.clock(), {"by": warning.id}))
             retire = (replaced.id, old_state)
@@ -220,7 +222,7 @@ class Ingest:
                 await self.lifecycle.after_retire(replaced, clears)
         except Exception:
             log.exception("follow-up of accepted warning %s failed", stored.id)
-        if stored.state != "active":
+        if stored.state != WarningState.ACTIVE:
             return
         if self.lifecycle is not None:
             self.lifecycle.watch(stored)
@@ -263,8 +265,12 @@ class Ingest:
             raise NotFound(
                 f"references names unknown warning {warning.references}", code="unknown_reference"
             )
-        state = "expired" if old.state == "active" and old.expires_at <= now else old.state
-        if state != "active":
+        state = (
+            WarningState.EXPIRED
+            if old.state == WarningState.ACTIVE and old.expires_at <= now
+            else old.state
+        )
+        if state != WarningState.ACTIVE:
             raise Conflict(
                 f"warning {old.id} is {state}; only an active warning can be updated or cancelled",
                 code="reference_not_active",

@@ -21,7 +21,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.jobs import CLEAR, EXPIRED, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
+from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState
 
 log = logging.getLogger("gateway.lifecycle")
 
@@ -87,7 +87,7 @@ class Lifecycle:
 
     def watch(self, stored: StoredWarning) -> None:
         """Expire `stored` at its expires_at."""
-        if stored.id in self._timers or stored.state != "active":
+        if stored.id in self._timers or stored.state != WarningState.ACTIVE:
             return
         task = asyncio.create_task(self._at_expiry(stored), name=f"expiry {stored.id}")
         self._timers[stored.id] = task
@@ -108,7 +108,7 @@ class Lifecycle:
             await asyncio.sleep(delay)
         try:
             data: dict[str, object] = {"expires_at": stored.expires_at.isoformat()}
-            await self.end(stored, "expired", Stage.EXPIRED, data)
+            await self.end(stored, WarningState.EXPIRED, Stage.EXPIRED, data)
         except Exception:
             log.exception("expiry of %s failed", stored.id)
 
@@ -118,11 +118,11 @@ class Lifecycle:
         """Retire `stored` (stop its deliveries, clear its retained messages)."""
         self.unwatch(stored.id)
         current = await self.store.get_warning(stored.id)
-        if current is None or current.state != "active":
+        if current is None or current.state != WarningState.ACTIVE:
             return
         deliveries = await self.store.deliveries_for(stored.id)
         clears = clear_deliveries(stored.id, deliveries)
-        if state == "expired":  # partners hear of it; a cancel is a warning of its own
+        if state == WarningState.EXPIRED:  # partners hear of it; a cancel is a warning of its own
             clears += expiry_notices(stored.id, deliveries)
         entry = LedgerDraft(stored.id, stage, self.clock(), data)
         if await self.store.retire(stored.id, state, [entry], clears):

@@ -24,7 +24,7 @@ from gateway.exceptions import DeliveryError
 from gateway.flow import DEFAULT_RECONCILE_S
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning
+from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState
 from gateway.values import Endpoint, Notice
 
 log = logging.getLogger("gateway.reconcile")
@@ -106,7 +106,7 @@ class Reconciler:
     async def _warning(
         self, stored: StoredWarning, records: Sequence[DeliveryRecord]
     ) -> dict[str, Any] | None:
-        active = stored.state == "active" and not self.retired(stored.id)
+        active = stored.state == WarningState.ACTIVE and not self.retired(stored.id)
         if active:
             wanted = [
                 d for d in records if d.purpose is None and d.state == DeliveryState.DELIVERED

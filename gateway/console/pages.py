@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 from gateway.console.sessions import Session
 from gateway.console.views import LEVEL_NAMES, STATES, Filters
 from gateway.reports.filing import BEIJING
+from gateway.store.base import WarningState
 
 CHANNEL_NAMES = {
     "mqtt": "显示屏/广播",
@@ -19,11 +20,11 @@ CHANNEL_NAMES = {
     "sms": "短信",
     "email": "电子邮件",
 }
-STATE_NAMES = {
-    "active": "生效中",
-    "superseded": "已被更新",
-    "cancelled": "已解除",
-    "expired": "已过期",
+STATE_NAMES: dict[str, str] = {
+    WarningState.ACTIVE: "生效中",
+    WarningState.SUPERSEDED: "已被更新",
+    WarningState.CANCELLED: "已解除",
+    WarningState.EXPIRED: "已过期",
 }
 MSG_TYPES = {"alert": "发布", "update": "更新", "cancel": "解除"}
 

@@ -12,7 +12,13 @@ from gateway.coverage import coverage_report
 from gateway.masking import mask
 from gateway.reports.filing import filing_form
 from gateway.store import Store
-from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, area_districts
+from gateway.store.base import (
+    DeliveryRecord,
+    DeliveryState,
+    StoredWarning,
+    WarningState,
+    area_districts,
+)
 from gateway.townships import Registry
 from gateway.web.receipts import receipts_timeline
 from gateway.web.warnings import warning_summary
@@ -22,7 +28,7 @@ RECENT = timedelta(days=3)
 LIST_LIMIT = 100
 TIMELINE_TAIL = 40
 """Latest ledger entries shown on a warning's page (a fan-out writes thousands)."""
-STATES = ("active", "superseded", "cancelled", "expired")
+STATES = tuple(WarningState)
 LEVEL_NAMES = {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}
 
 

@@ -26,7 +26,7 @@ from gateway.ledger import LedgerDraft, Stage
 from gateway.lifecycle import Lifecycle
 from gateway.redis_link import stop_tasks
 from gateway.store import Store
-from gateway.store.base import StoredWarning
+from gateway.store.base import StoredWarning, WarningState
 
 log = logging.getLogger("gateway.coord")
 
@@ -99,7 +99,7 @@ class Coordinator:
 
     def _follow(self, stored: StoredWarning) -> None:
         self.lifecycle.watch(stored)  # both ignore a warning they watch already
-        if stored.state == "active":
+        if stored.state == WarningState.ACTIVE:
             self.tracker.watch(stored)
 
     # -- to the others -------------------------------------------------------------------

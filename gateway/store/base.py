@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum, nonmember
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -27,17 +28,28 @@ class StoredWarning:
     authorization: dict[str, Any]
 
 
-class DeliveryState:
+class WarningState(StrEnum):
+    """States of a warning (`warnings.state`). `active` until retired: `superseded` by an
+    update, `cancelled` (a cancel is stored so, and so is the warning it cancels) or `expired`.
+    Members are str: the values are what the stores hold, and rows read back compare equal."""
+
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class DeliveryState(StrEnum):
     """States of a delivery. `pending` is unfinished (resumed after a restart); `sent` waits for
     a receipt; `delivered`, `failed` and `stopped` (its warning was superseded, cancelled or
-    expired first) are final."""
+    expired first) are final. Members are str: the values are what the stores hold."""
 
     PENDING = "pending"
     SENT = "sent"
     DELIVERED = "delivered"
     FAILED = "failed"
     STOPPED = "stopped"
-    FINAL = (DELIVERED, FAILED, STOPPED)
+    FINAL = nonmember((DELIVERED, FAILED, STOPPED))
 
 
 @dataclass(frozen=True, slots=True)

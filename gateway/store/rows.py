@@ -19,7 +19,14 @@ from datetime import UTC
 from gateway.exceptions import FieldError, Unstorable
 from gateway.ledger import LedgerDraft, canonical_json, timestamp
 from gateway.store import sqlite_stats
-from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
+from gateway.store.base import (
+    Cover,
+    CoverageRow,
+    DeliveryRecord,
+    DeliveryUpdate,
+    StoredWarning,
+    WarningState,
+)
 from gateway.text import printable, scrub, valid_unicode
 
 # One encoder for every row: json.dumps with an option builds a new one each call.
@@ -124,7 +131,7 @@ class Rows:
             result = (w.warning, True)
         elif w.retire is not None:
             wid, state = w.retire
-            if known.states.get(wid, "active") != "active":
+            if known.states.get(wid, WarningState.ACTIVE) != WarningState.ACTIVE:
                 return False, ()
             known.states[wid] = state
             result = True

@@ -20,7 +20,7 @@ from gateway.coverage import coverage_report
 from gateway.exceptions import NotFound, RequestError, UnsupportedMedia
 from gateway.ingest import utc_now
 from gateway.release_list import ReleaseList
-from gateway.store.base import DeliveryRecord, StoredWarning
+from gateway.store.base import DeliveryRecord, StoredWarning, WarningState
 from gateway.web.body import read_body
 from gateway.web.guard import AUTH, json_response, read_response, requires
 from gateway.web.keys import (
@@ -99,8 +99,8 @@ async def get_warning(request: web.Request) -> web.Response:
 
 def warning_state(stored: StoredWarning, now: datetime) -> str:
     """`active`, `superseded`, `cancelled` or `expired` (an active one past its expiry)."""
-    if stored.state == "active" and now >= stored.expires_at:
-        return "expired"
+    if stored.state == WarningState.ACTIVE and now >= stored.expires_at:
+        return WarningState.EXPIRED
     return stored.state
 
 
