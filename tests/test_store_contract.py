@@ -163,6 +163,29 @@ async def test_retire_stops_pending_deliveries_but_not_its_clears(store: Store) 
     assert await store.active_warning_ids() == {"b"}
 
 
+async def test_an_attempt_under_way_when_its_warning_ended_is_recorded_as_it_left(
+    store: Store,
+) -> None:
+    """Art. 18: a cancel stops what was not sent yet; a message already on its way left, so
+    its delivery says so, like its ledger entries do (the figures agree with the rows)."""
+    ds = [delivery("w", n) for n in range(4)]
+    await store.accept(stored("w"), [], ds)
+    await store.retire("w", "cancelled", [entry("w", Stage.CANCELLED)])
+    await store.record([DeliveryUpdate(ds[0].id, "delivered", 1, {"m": 1})], [])
+    store.record_soon([DeliveryUpdate(ds[1].id, "sent", 1)], [])
+    await store.record([DeliveryUpdate(ds[2].id, "pending", 1, {"last_error": "x"})], [])
+    await store.record([DeliveryUpdate(ds[3].id, "failed", 1)], [])
+    got = {d.id: (d.state, d.attempts) for d in await store.deliveries_for("w")}
+    assert got == {
+        ds[0].id: ("delivered", 1),
+        ds[1].id: ("sent", 1),
+        ds[2].id: ("stopped", 0),  # a failed attempt does not bring it back
+        ds[3].id: ("stopped", 0),
+    }
+    figures = await store.stats(NOW - timedelta(hours=1), NOW + timedelta(hours=1), None, 10)
+    assert (figures.totals.delivered, figures.totals.stopped, figures.totals.open) == (1, 2, 1)
+
+
 async def test_a_retire_or_an_escalation_that_comes_second_writes_nothing(store: Store) -> None:
     """design.md "Storage and several processes": each expiry and each township escalation
     happens once, whichever process sees it first; the second writer is told and writes no

@@ -42,7 +42,9 @@ class WarningState(StrEnum):
 class DeliveryState(StrEnum):
     """States of a delivery. `pending` is unfinished (resumed after a restart); `sent` waits for
     a receipt; `delivered`, `failed` and `stopped` (its warning was superseded, cancelled or
-    expired first) are final. Members are str: the values are what the stores hold."""
+    expired first) are final, but for one move: an attempt already under way when its warning
+    ended still records `sent` or `delivered` over `stopped` (the message did leave, and the
+    ledger says so). Members are str: the values are what the stores hold."""
 
     PENDING = "pending"
     SENT = "sent"

@@ -27,7 +27,6 @@ from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
 from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
 from gateway.store.sqlite_stats import LedgerTally
 
-_UNFINISHED = "WHERE id = %s AND state IN ('pending', 'sent')"
 _SQL: dict[str, str] = {
     "warnings": (
         "INSERT INTO warnings (id, body_hash, warning, answer, state, received_at, expires_at,"
@@ -53,7 +52,6 @@ _SQL: dict[str, str] = {
         "UPDATE coverage SET escalated_at = %s "
         "WHERE warning_id = %s AND township = %s AND escalated_at IS NULL"
     ),
-    "updates": f"UPDATE deliveries SET state = %s, attempts = %s, detail = %s {_UNFINISHED}",
     # A final delivery keeps its state; its receipt record still takes the report.
     "receipts": (
         "UPDATE deliveries SET state = CASE WHEN state IN ('pending', 'sent') THEN %s "
@@ -103,7 +101,8 @@ _BULK: dict[str, str] = {
     "updates": (
         "UPDATE deliveries AS d SET state = u.state, attempts = u.attempts, detail = u.detail "
         "FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[]) AS u (state, attempts, "
-        "detail, id) WHERE d.id = u.id AND d.state IN ('pending', 'sent')"
+        "detail, id) WHERE d.id = u.id AND (d.state IN ('pending', 'sent') "
+        "OR d.state = 'stopped' AND u.state IN ('sent', 'delivered'))"
     ),
     "covers": (
         "UPDATE coverage AS c SET covered_at = u.at, covered_by = u.by "
@@ -158,7 +157,7 @@ def statements(rows: Rows, tally: LedgerTally) -> list[tuple[str, Sequence[Seque
         params: Sequence[Sequence[Any]] = getattr(rows, name)
         if name in folds:
             params = folds[name](params)
-        out.append((_BULK.get(name, _SQL[name]), params))
+        out.append((_BULK[name] if name in _BULK else _SQL[name], params))
     out += [
         (_BULK[UPSERT_DELIVERY], [(*r[1:], r[0]) for r in tally.delivery_rows()]),
         (ESCALATED_WARNING, tally.escalated),

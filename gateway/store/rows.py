@@ -198,8 +198,12 @@ class Rows:
         return self
 
     def statements(self) -> list[tuple[str, list[tuple[object, ...]]]]:
-        # A final state (delivered, failed) is never overwritten.
-        unfinished = "WHERE id = ? AND state IN ('pending', 'sent')"
+        # A final state is never overwritten, but for an attempt under way when its warning
+        # was stopped: it left, so it is recorded as what it became (DeliveryState).
+        unfinished = (
+            "WHERE id = ?4 AND (state IN ('pending', 'sent') "
+            "OR state = 'stopped' AND ?1 IN ('sent', 'delivered'))"
+        )
         out = [
             ("INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?)", self.warnings),
             (sqlite_stats.INSERT_WARNING, self.stats_warnings),
@@ -220,7 +224,7 @@ class Rows:
                 self.escalated,
             ),
             (
-                f"UPDATE deliveries SET state = ?, attempts = ?, detail = ? {unfinished}",
+                f"UPDATE deliveries SET state = ?1, attempts = ?2, detail = ?3 {unfinished}",
                 self.updates,
             ),
             # A final delivery keeps its state; its receipt record still takes the report (which
