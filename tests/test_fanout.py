@@ -513,6 +513,12 @@ async def test_partners_get_warning_expired(
         assert [d["type"] for d in docs] == ["warning.alert", "warning.expired"]
         assert docs[1]["data"]["id"] == body["id"]
         assert str(reqs[1]["webhook_id"]).startswith(f"{body['id']}/expired/")
-    state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
+    # The partner answered before the gateway recorded the outcome: wait for the record.
+    for _ in range(100):
+        state = await (await api.get(f"/v1/warnings/{body['id']}", headers=auth())).json()
+        notices = state.get("expiry_notices", {}).get("webhook", {})
+        if not notices.get("pending") and not notices.get("sent"):
+            break
+        await asyncio.sleep(0.05)
     assert state["status"] == "expired"
     assert state["expiry_notices"]["webhook"]["delivered"] == 2
