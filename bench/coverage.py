@@ -58,6 +58,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.channel_registry import CHANNELS, receipt_channels
 from gateway.clients import Client
 from gateway.config import REPO_CONFIG
 from gateway.endpoints import EndpointBook
@@ -454,7 +455,8 @@ async def manual_batches(
     store: SqliteStore, registry: Registry, districts: Sequence[str], opts: Options, run: CpuRun
 ) -> None:
     book = EndpointBook.load(REPO_CONFIG / "endpoints.yaml", registry, {})
-    desk = ReceiptDesk(store, lambda: datetime.now(UTC), book, registry)
+    sources = receipt_channels(CHANNELS)
+    desk = ReceiptDesk(store, lambda: datetime.now(UTC), book, registry, sources)
     confirmer = Client("bench")
     townships = registry.expand(districts)
     now = datetime.now(UTC)

@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.book_cache import load_book
-from gateway.channel_registry import build_channels
+from gateway.channel_registry import build_channels, receipt_channels
+from gateway.channels import mqtt
 from gateway.channels.base import Channel
 from gateway.clients import Authenticator
 from gateway.config import HttpSettings, Settings
@@ -26,7 +27,7 @@ from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import ConfigError
-from gateway.flow import DEFAULT_PER_ENDPOINT, CircuitBreaker, Pacer, RateLimiter
+from gateway.flow import CircuitBreaker, Pacer, RateLimiter
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
@@ -69,7 +70,8 @@ def build_app(
 ) -> web.Application:
     """The gateway's web application; raises ConfigError before anything starts.
 
-    `channels` replaces the configured channels (tests, drill); `book` the endpoint book.
+    `channels` replaces the configured channels (tests, drill): each must be a registered
+    channel, whose settings it runs with; `book` replaces the endpoint book.
     """
     registry = Registry.load(settings.townships_path)
     release_list = ReleaseList.load(settings.release_list_path)
@@ -81,6 +83,7 @@ def build_app(
             registry,
             settings.env,
             settings.cache_dir,
+            settings.registry,
         )
     app = web.Application(
         middlewares=[error_middleware],
@@ -88,6 +91,9 @@ def build_app(
         handler_args=server_options(settings.http),
     )
     _check_partners(settings, book)
+    unknown = sorted(set(channels or ()) - set(settings.registry))
+    if unknown:
+        raise ConfigError("(code)", "channels", f"not registered: {', '.join(unknown)}")
     app[METRICS] = Metrics()
     app[AUTH] = Authenticator(settings.clients)
     app[PUBLIC_METRICS] = settings.metrics.public
@@ -112,19 +118,31 @@ def build_app(
             store.on_commit(app[METRICS].observe)
             for w in await store.active_warnings():
                 app[METRICS].track(w.id, w.received_at)
-            desk = ReceiptDesk(store, clock, book, registry)
+            desk = ReceiptDesk(store, clock, book, registry, receipt_channels(settings.registry))
             app[RECEIPTS] = desk
-            built = channels if channels is not None else build_channels(settings, book, desk.sink)
+            built = channels
+            if built is None:
+                built = build_channels(
+                    settings.registry,
+                    settings.enabled_channels(),
+                    book.by_id.values(),
+                    desk.sink,
+                    settings.env,
+                    shared=link is not None,
+                )
             runtimes = {}
             for name, channel in built.items():
                 await stack.enter_async_context(channel)
-                cs = getattr(settings.channels, name, None)
+                cs, spec = settings.channels[name], settings.registry[name]
                 runtimes[name] = ChannelRuntime(
                     channel=channel,
-                    concurrency=cs.concurrency if cs else 16,
-                    retry=cs.retry.policy() if cs else settings.channels.sms.retry.policy(),
-                    rate=_pacer(link, name, cs.rate_per_s if cs else 0),
-                    per_endpoint=cs.per_endpoint if cs else DEFAULT_PER_ENDPOINT,
+                    concurrency=cs.concurrency,
+                    retry=cs.retry.policy(),
+                    rate=_pacer(link, name, cs.rate_per_s),
+                    per_endpoint=cs.per_endpoint,
+                    start_order=spec.start_order,
+                    clears=spec.capabilities.clears,
+                    leads=spec.leads,
                 )
             breaker = CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s)
             dispatcher = Dispatcher(
@@ -172,7 +190,7 @@ def build_app(
                     book,
                     clock=clock,
                     retired=dispatcher.retired,
-                    interval_s=settings.channels.mqtt.reconcile_s,
+                    interval_s=mqtt.SPEC.options_of(settings.channels["mqtt"]).reconcile_s,
                 )
                 await stack.enter_async_context(reconciler)
             await stack.enter_async_context(tracker)

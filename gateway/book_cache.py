@@ -31,6 +31,9 @@ from gateway import endpoints as endpoints_module
 from gateway import townships as townships_module
 from gateway import values as values_module
 from gateway import yamlfile as yamlfile_module
+from gateway.channel_registry import CHANNELS
+from gateway.channel_registry import Registry as ChannelRegistry
+from gateway.channels import spec as spec_module
 from gateway.endpoints import EndpointBook, Shared, read_endpoints, with_secrets
 from gateway.townships import Registry
 from gateway.values import Endpoint
@@ -41,20 +44,24 @@ log = logging.getLogger("gateway.book_cache")
 FORMAT = 1
 """Bump when the rows change meaning (the key covers the validating code's source too)."""
 FILE_NAME = "endpoint-book.json"
-_VALIDATING = (endpoints_module, values_module, townships_module, yamlfile_module)
+_VALIDATING = (endpoints_module, values_module, townships_module, yamlfile_module, spec_module)
 
 
 class CacheUnusable(Exception):
     """Why a cache file cannot be used (stale, or not what `write` writes)."""
 
 
-def cache_key(endpoints_path: Path, townships_path: Path) -> str:
-    """The sha256 that a cache built from these files by this code carries."""
-    digest = hashlib.sha256(f"endpoint-book {FORMAT}\n".encode())
+def cache_key(
+    endpoints_path: Path, townships_path: Path, channels: ChannelRegistry = CHANNELS
+) -> str:
+    """The sha256 that a cache built from these files, by this code and these channels (whose
+    modules read their township entries), carries."""
+    digest = hashlib.sha256(f"endpoint-book {FORMAT} {','.join(channels)}\n".encode())
     for path in (endpoints_path, townships_path):
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    for module in _VALIDATING:
-        digest.update(hashlib.sha256(Path(str(module.__file__)).read_bytes()).digest())
+    modules = {*_VALIDATING, *(sys.modules[s.build.__module__] for s in channels.values())}
+    for source in sorted(str(m.__file__) for m in modules):
+        digest.update(hashlib.sha256(Path(source).read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -64,19 +71,20 @@ def load_book(
     registry: Registry,
     env: Mapping[str, str],
     cache_dir: Path | None,
+    channels: ChannelRegistry = CHANNELS,
 ) -> EndpointBook:
     """The book of endpoints.yaml, from the cache in `cache_dir` when it is valid for these
     files, else from the file (then cached); no cache at all when `cache_dir` is None."""
     if cache_dir is None:
-        return EndpointBook.load(endpoints_path, registry, env)
+        return EndpointBook.load(endpoints_path, registry, env, channels)
     try:
-        key = cache_key(endpoints_path, townships_path)
+        key = cache_key(endpoints_path, townships_path, channels)
     except OSError:  # endpoints.yaml unreadable: the loader names it as it always did
-        return EndpointBook.load(endpoints_path, registry, env)
+        return EndpointBook.load(endpoints_path, registry, env, channels)
     cache = cache_dir / FILE_NAME
     found = _cached(cache, key)
     if found is None:
-        found = read_endpoints(endpoints_path, registry)
+        found = read_endpoints(endpoints_path, registry, channels)
         try:
             write(cache, key, found)
         except OSError as exc:

@@ -1,82 +1,70 @@
-"""The channels the gateway knows, registered explicitly, built from settings.
+"""The channels the gateway knows: each channel module's `SPEC`, registered here once.
 
-Adding a channel: its module in gateway/channels/, a builder here, its settings in config.py.
-This module is outside channels/ because it reads the settings: adapters import no config.
+Adding a channel is writing its module in gateway/channels/ (adapter, settings, endpoint
+fields, `SPEC`; see README "Adding a channel") and naming it in `CHANNELS`. Nothing else names
+a channel: config validates `channels.<name>` with the spec's settings, the endpoint book reads
+township entries with its fields, the app builds it. A deployment or a test may pass its own
+registry (`register(*specs)`) to `load_settings`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from gateway.channels import email, mqtt, sms, webhook
 from gateway.channels.base import Channel, ReceiptSink
-from gateway.channels.email import EmailChannel
-from gateway.channels.mqtt import MqttChannel
-from gateway.channels.sms import HttpProvider, SmsChannel, StubProvider
-from gateway.channels.webhook import WebhookChannel
-from gateway.config import Settings
-from gateway.endpoints import EndpointBook
+from gateway.channels.spec import BuildContext, ChannelOptions, ChannelSpec
+from gateway.values import Endpoint
 
-Builder = Callable[[Settings, EndpointBook, ReceiptSink], Channel]
+Registry = Mapping[str, ChannelSpec[Any]]
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def _sms(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Channel:
-    s = settings.channels.sms
-    if s.provider == "http" and s.url:
-        token = settings.secrets.get("sms_token")
-        return SmsChannel(
-            HttpProvider(s.url, token=token, timeout=s.timeout_s, callback_url=s.callback_url)
-        )
-    return SmsChannel(StubProvider())
+def register(*specs: ChannelSpec[Any]) -> dict[str, ChannelSpec[Any]]:
+    """The registry of `specs`, in this order; ValueError for a bad or taken name, or township
+    fields that two channels declare differently (one entry model holds them all)."""
+    registry: dict[str, ChannelSpec[Any]] = {}
+    fields: dict[str, tuple[str, object]] = {}
+    for spec in specs:
+        if not _NAME.fullmatch(spec.name):
+            raise ValueError(f"channel name {spec.name!r}: lowercase letters, digits, _")
+        if spec.name in registry:
+            raise ValueError(f"channel {spec.name!r} registered twice")
+        registry[spec.name] = spec
+        if spec.township is None:
+            continue
+        for key, info in spec.township.fields.model_fields.items():
+            seen = fields.setdefault(key, (spec.name, info.annotation))
+            if seen[1] != info.annotation:
+                raise ValueError(f"{spec.name} and {seen[0]} declare endpoint field {key!r} apart")
+    return registry
 
 
-def _email(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Channel:
-    s = settings.channels.email
-    return EmailChannel(
-        s.url,
-        sender=s.sender,
-        username=s.username,
-        password=settings.secrets.get("smtp_password"),
-        starttls=s.starttls,
-        use_tls=s.url.startswith("smtps://"),
-        timeout=s.timeout_s,
-        pool_size=s.pool_size,
-    )
+CHANNELS = register(sms.SPEC, email.SPEC, mqtt.SPEC, webhook.SPEC)
 
 
-def _mqtt(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Channel:
-    s = settings.channels.mqtt
-    devices = {
-        device: e.id for e in book.by_id.values() if e.channel == "mqtt" for device in e.devices
-    }
-    # With several gateways (Redis set), each board ack is read by one of them.
-    shared = SHARED_ACK_GROUP if settings.redis.url else None
-    return MqttChannel(
-        s.url,
-        prefix=s.prefix,
-        receipts=receipts,
-        devices=devices,
-        protocol=s.protocol,
-        shared_acks=shared,
-    )
-
-
-def _webhook(settings: Settings, book: EndpointBook, receipts: ReceiptSink) -> Channel:
-    return WebhookChannel(default_timeout=settings.channels.webhook.timeout_s)
-
-
-SHARED_ACK_GROUP = "gateway"
-"""`$share/gateway/{prefix}/ack/+` (design.md): the gateways of a deployment share the acks."""
-
-CHANNELS: dict[str, Builder] = {
-    "sms": _sms,
-    "email": _email,
-    "mqtt": _mqtt,
-    "webhook": _webhook,
-}
+def receipt_channels(registry: Registry) -> dict[str, str]:
+    """Receipt source → the one channel whose deliveries it may report on."""
+    return {source: s.name for s in registry.values() for source in s.receipt_sources}
 
 
 def build_channels(
-    settings: Settings, book: EndpointBook, receipts: ReceiptSink
+    registry: Registry,
+    settings: Mapping[str, ChannelOptions],
+    endpoints: Iterable[Endpoint],
+    receipts: ReceiptSink,
+    env: Mapping[str, str],
+    *,
+    shared: bool,
 ) -> dict[str, Channel]:
-    """The enabled channels, not yet entered."""
-    return {name: CHANNELS[name](settings, book, receipts) for name in settings.channels.enabled()}
+    """The adapters of the channels in `settings` (the enabled ones), not yet entered."""
+    mine: dict[str, list[Endpoint]] = {name: [] for name in settings}
+    for e in endpoints:
+        if e.channel in mine:
+            mine[e.channel].append(e)
+    return {
+        name: registry[name].build_from(options, BuildContext(mine[name], receipts, env, shared))
+        for name, options in settings.items()
+    }

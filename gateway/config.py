@@ -10,27 +10,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.channel_registry import CHANNELS, Registry
+from gateway.channel_settings import ChannelCommon, channel_settings
+from gateway.channels import email, mqtt
 from gateway.clients import DEFAULT_SCOPES, Client, Scope, with_tokens
 from gateway.exceptions import ConfigError
-from gateway.flow import DEFAULT_PER_ENDPOINT, DEFAULT_RECONCILE_S
 from gateway.model import (
     DEFAULT_MAX_VALIDITY_DAYS,
     DEFAULT_SENT_FUTURE_S,
     DEFAULT_SENT_PAST_S,
     Limits,
 )
-from gateway.policies.retry import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_INITIAL_S,
-    DEFAULT_JITTER_S,
-    DEFAULT_MAX_S,
-    RetryPolicy,
-)
+from gateway.urls import masked, url_problem
 from gateway.yamlfile import load_yaml, parse_model
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -41,7 +37,6 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 """Seconds a connection may stay without a complete request head (new or kept alive)."""
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
-CHANNEL_NAMES = ("sms", "email", "mqtt", "webhook")
 DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
 """Coverage deadlines per level (1 red ... 4 blue), seconds after receipt."""
 
@@ -89,70 +84,6 @@ class _IngestFile(BaseModel):
         return Limits(self.sent_window_s.past, self.sent_window_s.future, self.max_validity_days)
 
 
-class RetrySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    attempts: int = Field(default=DEFAULT_ATTEMPTS, ge=1, le=100)
-    initial_s: float = Field(default=DEFAULT_INITIAL_S, gt=0, le=3600)
-    max_s: float = Field(default=DEFAULT_MAX_S, gt=0, le=86400)
-    jitter_s: float = Field(default=DEFAULT_JITTER_S, ge=0, le=3600)
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(self.attempts, self.initial_s, self.max_s, self.jitter_s)
-
-
-class _ChannelCommon(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool = True
-    concurrency: int = Field(default=16, ge=1, le=10_000)
-    rate_per_s: float = Field(default=0, ge=0, description="0 = unlimited")
-    per_endpoint: int = Field(default=DEFAULT_PER_ENDPOINT, ge=1, le=10_000)
-    retry: RetrySettings = RetrySettings()
-
-
-class MqttSettings(_ChannelCommon):
-    url: str = "mqtt://127.0.0.1:1883"
-    prefix: str = Field(default="cq/warnings", pattern=r"^[^#+]+[^/#+]$")
-    protocol: Literal["5", "3.1.1"] = "5"
-    concurrency: int = Field(default=64, ge=1, le=10_000)
-    reconcile_s: float = Field(default=DEFAULT_RECONCILE_S, ge=1, le=86400)
-
-
-class EmailSettings(_ChannelCommon):
-    url: str = "smtp://127.0.0.1:25"
-    sender: str = "重庆市突发事件预警信息发布中心 <warnings@example.org>"
-    username: str | None = None
-    password_env: str | None = "GATEWAY_SMTP_PASSWORD"
-    starttls: bool = False
-    timeout_s: float = Field(default=30, gt=0, le=600)
-    pool_size: int = Field(default=4, ge=1, le=100)
-    concurrency: int = Field(default=8, ge=1, le=1000)
-
-
-class SmsSettings(_ChannelCommon):
-    provider: Literal["stub", "http"] = "stub"
-    url: str | None = Field(default=None, pattern=r"^https?://")
-    token_env: str | None = "GATEWAY_SMS_TOKEN"
-    callback_url: str | None = None
-    timeout_s: float = Field(default=10, gt=0, le=600)
-    concurrency: int = Field(default=32, ge=1, le=10_000)
-
-
-class WebhookSettings(_ChannelCommon):
-    timeout_s: float = Field(default=5, gt=0, le=600)
-    concurrency: int = Field(default=64, ge=1, le=10_000)
-
-
-class ChannelsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    sms: SmsSettings = SmsSettings()
-    email: EmailSettings = EmailSettings()
-    mqtt: MqttSettings = MqttSettings()
-    webhook: WebhookSettings = WebhookSettings()
-
-    def enabled(self) -> list[str]:
-        return [n for n in CHANNEL_NAMES if getattr(self, n).enabled]
-
-
 class BreakerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     failures: int = Field(default=5, ge=1, le=1000)
@@ -193,7 +124,7 @@ class _GatewayFile(BaseModel):
     store: str = DEFAULT_STORE
     ingest: _IngestFile = _IngestFile()
     clients: dict[str, _ClientFile] = {}
-    channels: ChannelsSettings = ChannelsSettings()
+    channels: dict[str, Any] = Field(default={}, description="checked per channel")
     breaker: BreakerSettings = BreakerSettings()
     coverage: CoverageSettings = CoverageSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -211,7 +142,8 @@ class Settings:
     store_url: str
     max_body_bytes: int
     clients: tuple[Client, ...]
-    channels: ChannelsSettings
+    channels: Mapping[str, ChannelCommon]
+    """Every registered channel's settings, enabled or not."""
     breaker: BreakerSettings
     coverage: CoverageSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -220,17 +152,23 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     """Set (with a url) exactly when the store is PostgreSQL."""
-    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """The environment the settings were read from; webhook secrets are looked up in it."""
+    """The environment the settings were read from; secrets (webhook, SMTP, SMS provider) are
+    looked up in it by the variable names the settings give."""
+    registry: Registry = field(default_factory=lambda: CHANNELS, repr=False)
+    """The channels known (`gateway.channel_registry`)."""
+
+    def enabled_channels(self) -> dict[str, ChannelCommon]:
+        """The settings of the enabled channels, in registry order."""
+        return {n: self.channels[n] for n in self.registry if self.channels[n].enabled}
 
     @property
     def mqtt_url(self) -> str:
-        return self.channels.mqtt.url
+        return mqtt.SPEC.options_of(self.channels["mqtt"]).url
 
     @property
     def smtp_url(self) -> str:
-        return self.channels.email.url
+        return email.SPEC.options_of(self.channels["email"]).url
 
     @property
     def endpoints_path(self) -> Path:
@@ -289,7 +227,7 @@ def check_store_url(value: str, source: str, key: str) -> str:
         if parts.hostname and parts.path.strip("/") and "/" not in parts.path.strip("/"):
             return value
         raise ConfigError(
-            source, key, f"{_masked(value)!r}: expected postgresql://user@host:port/db"
+            source, key, f"{masked(value)!r}: expected postgresql://user@host:port/db"
         )
     if not value.startswith("sqlite:///") or len(value) == len("sqlite:///"):
         raise ConfigError(
@@ -301,24 +239,11 @@ def check_store_url(value: str, source: str, key: str) -> str:
     return value
 
 
-def _masked(url: str) -> str:
-    """`url` with a password in it replaced by ***."""
-    head, at, host = url.rpartition("@")
-    if not at or ":" not in head.partition("://")[2]:
-        return url
-    scheme, _, user = head.partition("://")
-    return f"{scheme}://{user.partition(':')[0]}:***@{host}"
-
-
 def check_url(value: str, scheme: str, source: str, key: str) -> str:
-    parts = urlsplit(value)
-    shown = _masked(value)
-    if parts.scheme not in (scheme, scheme + "s") or not parts.hostname:
-        raise ConfigError(source, key, f"{shown!r} is not {scheme}://host:port")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ConfigError(source, key, f"{shown!r} has a bad port") from exc
+    """`value` when it is a `scheme://host:port` URL, else a ConfigError (no password shown)."""
+    problem = url_problem(value, scheme)
+    if problem is not None:
+        raise ConfigError(source, key, problem)
     return value
 
 
@@ -379,8 +304,10 @@ def load_settings(
     config_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     listen: str | None = None,
+    registry: Registry = CHANNELS,
 ) -> Settings:
-    """Settings for a config directory (or GATEWAY_CONFIG, or the default) and environment."""
+    """Settings for a config directory (or GATEWAY_CONFIG, or the default) and environment;
+    `registry` names the channels known (a test may add its own)."""
     env = os.environ if env is None else env
     if config_dir is None:
         config_dir = Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None
@@ -401,30 +328,7 @@ def load_settings(
         store = check_store_url(env["GATEWAY_STORE"], "environment", "GATEWAY_STORE")
 
     redis = _redis(path, data.redis, store, env)
-    channels = data.channels
-    mqtt_url = check_url(channels.mqtt.url, "mqtt", str(path), "channels.mqtt.url")
-    smtp_url = check_url(channels.email.url, "smtp", str(path), "channels.email.url")
-    if env.get("GATEWAY_MQTT_URL"):
-        mqtt_url = check_url(env["GATEWAY_MQTT_URL"], "mqtt", "environment", "GATEWAY_MQTT_URL")
-    if env.get("GATEWAY_SMTP_URL"):
-        smtp_url = check_url(env["GATEWAY_SMTP_URL"], "smtp", "environment", "GATEWAY_SMTP_URL")
-    channels = channels.model_copy(
-        update={
-            "mqtt": channels.mqtt.model_copy(update={"url": mqtt_url}),
-            "email": channels.email.model_copy(update={"url": smtp_url}),
-        }
-    )
-    if channels.sms.provider == "http" and not channels.sms.url:
-        raise ConfigError(str(path), "channels.sms.url", "the http SMS provider needs a url")
-    secrets = {
-        name: env[var]
-        for name, var in (
-            ("smtp_password", channels.email.password_env),
-            ("sms_token", channels.sms.token_env),
-        )
-        if var and env.get(var)
-    }
-
+    channels = channel_settings(path, data.channels, registry, env)
     clients = _clients(path, data.clients, env)
     return Settings(
         config_dir=config_dir,
@@ -440,6 +344,6 @@ def load_settings(
         limits=data.ingest.limits(),
         http=data.http,
         redis=redis,
-        secrets=secrets,
         env=dict(env),
+        registry=registry,
     )

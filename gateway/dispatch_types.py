@@ -23,6 +23,12 @@ class ChannelRuntime:
     rate: Pacer | None = None
     per_endpoint: int = DEFAULT_PER_ENDPOINT
     """Sends to one endpoint in flight at most, so a hanging one holds few workers."""
+    start_order: int = 10
+    """Among one warning's deliveries, lower channels are queued first (ChannelSpec)."""
+    clears: bool = False
+    """`Channel.clear` withdraws what it sent when the warning ends (ChannelSpec)."""
+    leads: bool = False
+    """Its deliveries of a level go out before other channels take theirs (ChannelSpec)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.per_endpoint < 1:

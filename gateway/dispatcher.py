@@ -48,14 +48,11 @@ from gateway.townships import Registry
 from gateway.values import Notice
 from gateway.waitroom import DEFAULT_PROBE_S, WaitRoom
 
-__all__ = ["CHANNEL_START_ORDER", "ChannelRuntime", "Dispatcher", "Relay"]
+__all__ = ["ChannelRuntime", "Dispatcher", "Relay"]
 
 log = logging.getLogger("gateway.dispatcher")
 
 Clock = Callable[[], datetime]
-CHANNEL_START_ORDER = {"mqtt": 0, "webhook": 1, "sms": 2, "email": 3}
-LEAD_CHANNEL = "mqtt"
-"""Boards and loudspeakers reach everyone in an area at once: their deliveries go first."""
 LEAD_STALL_S = 0.25
 LEAD_MAX_HOLD_S = 1.0
 DISABLED_REFRESH_S = 10.0
@@ -101,7 +98,12 @@ class Dispatcher(Attempts):
         self._outcomes = Outcomes(store, clock)
         self._retired: dict[str, None] = {}  # warnings stopped lately, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if LEAD_CHANNEL in runtimes else None
+        # Boards and loudspeakers reach everyone in an area at once: their deliveries lead.
+        self._leading = frozenset(name for name, rt in runtimes.items() if rt.leads)
+        self._lead = LeadGate(LEAD_STALL_S, LEAD_MAX_HOLD_S) if self._leading else None
+        self._start_order = {name: rt.start_order for name, rt in runtimes.items()}
+        self.clearing = frozenset(name for name, rt in runtimes.items() if rt.clears)
+        """The channels whose deliveries are cleared when their warning ends."""
         self._room: WaitRoom[Job] = WaitRoom(
             self._requeue, rank=lambda job: job.rec.level, sleep=sleep, probe_s=probe_s
         )
@@ -203,7 +205,7 @@ class Dispatcher(Attempts):
         one already here is not queued twice."""
         # Idle workers wake in this order: boards and loudspeakers first, they reach everyone
         # in the area at once; the order among channels of one level is only a head start.
-        ordered = sorted(records, key=lambda r: CHANNEL_START_ORDER.get(r.channel, 9))
+        ordered = sorted(records, key=lambda r: self._start_order.get(r.channel, 99))
         tracked = self._jobs.setdefault(notice.id, set())
         for rec in ordered:
             if rec.id in self._live:
@@ -297,7 +299,7 @@ class Dispatcher(Attempts):
             self._forget(job)
             self._outcomes.final(job.rec, job.attempts, "channel no longer configured")
             return
-        if self._lead is not None and job.rec.channel == LEAD_CHANNEL:
+        if self._lead is not None and job.rec.channel in self._leading:
             self._lead.queued(job.rec.level)
         queue.put_nowait((job.rec.level, next(self._order), job))
 
@@ -320,8 +322,8 @@ class Dispatcher(Attempts):
         task = asyncio.current_task()
         assert task is not None
         # This channel reports to the lead gate when it leads, and asks it when it follows.
-        leading = self._lead if channel == LEAD_CHANNEL else None
-        following = self._lead if channel != LEAD_CHANNEL else None
+        leading = self._lead if channel in self._leading else None
+        following = self._lead if channel not in self._leading else None
         ran = 0
         while True:
             *_, job = await queue.get()

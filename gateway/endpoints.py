@@ -6,19 +6,22 @@ Webhook secrets come from the environment variable each partner names, never fro
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import sys
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from gateway.channel_registry import CHANNELS, Registry
+from gateway.channels.sms import PHONE
+from gateway.channels.spec import ChannelSpec, EndpointFields, OptionError
 from gateway.exceptions import ConfigError
 from gateway.model import Audience
-from gateway.townships import Registry
+from gateway.townships import Registry as TownshipRegistry
 from gateway.values import Endpoint
 from gateway.yamlfile import collector_paused, load_model, load_yaml
 
@@ -27,32 +30,19 @@ log = logging.getLogger("gateway.endpoints")
 H = TypeVar("H", bound=Hashable)
 
 ENDPOINT_ID = r"^[A-Za-z0-9._-]{1,100}$"
-_PHONE = re.compile(r"\+?\d{5,15}")
-BOTH = frozenset({Audience.PUBLIC.value, Audience.RESPONSIBLE_PERSONS.value})
-DEFAULT_AUDIENCES = {
-    "mqtt": frozenset({Audience.PUBLIC.value}),
-    "webhook": frozenset({Audience.PUBLIC.value}),
-    "sms": BOTH,
-    "email": BOTH,
-}
 
 
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Common(EndpointFields):
     id: str = Field(pattern=ENDPOINT_ID)
     audiences: list[Audience] | None = Field(default=None, min_length=1)
     levels: list[int] | None = Field(default=None, min_length=1)
 
 
-class _TownshipEndpoint(_Common):
-    # Factories, not `= []`: pydantic deep-copies a mutable default for every item, which was
-    # half the validation time of 100,000 endpoints.
-    channel: Literal["mqtt", "sms", "email"]
-    kind: Literal["display", "broadcast"] | None = None
-    devices: list[str] = Field(default_factory=list)
-    group: str | None = None
-    phones: list[str] = Field(default_factory=list)
-    to: list[str] = Field(default_factory=list)
+class _TownshipEntry(_Common):
+    """A township entry: the common keys, `channel`, and (in the model `_Models` builds) the
+    fields of every channel that has township endpoints."""
+
+    channel: str
 
 
 class _Partner(_Common):
@@ -71,11 +61,47 @@ class _Centre(BaseModel):
     phones: list[str] = []
 
 
-class _EndpointsFile(BaseModel):
+class _FileBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    townships: dict[str, list[_TownshipEndpoint]] = {}
+    townships: dict[str, list[_TownshipEntry]] = {}
     partners: list[_Partner] = []
     command_centres: dict[str, _Centre] = {}
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The models of endpoints.yaml for one registry of channels."""
+
+    entry: type[_TownshipEntry]
+    items: TypeAdapter[list[_TownshipEntry]]
+    whole: type[_FileBase]
+
+    @staticmethod
+    @functools.cache
+    def of(specs: tuple[ChannelSpec[Any], ...]) -> _Models:
+        # The common keys first (the channel last among them) keep the errors in file order.
+        township = sorted((s for s in specs if s.township), key=lambda s: s.start_order)
+        channel: Any = Literal[tuple(s.name for s in township)]
+        own = tuple(s.township.fields for s in township if s.township)
+        entry = cast(
+            type[_TownshipEntry],
+            create_model(
+                "_TownshipEndpoint", __base__=(*own, _TownshipEntry), channel=(channel, ...)
+            ),
+        )
+        whole = cast(
+            type[_FileBase],
+            create_model(
+                "_EndpointsFile",
+                __base__=_FileBase,
+                townships=(dict[str, list[entry]], {}),  # type: ignore[valid-type]
+            ),
+        )
+        return _Models(entry, TypeAdapter(list[entry]), whole)  # type: ignore[valid-type]
+
+
+def _models(registry: Registry) -> _Models:
+    return _Models.of(tuple(registry.values()))
 
 
 class EndpointBook:
@@ -112,16 +138,24 @@ class EndpointBook:
         return EndpointBook(changes.get(e.id, e) for e in self.by_id.values())
 
     @classmethod
-    def load(cls, path: Path, registry: Registry, env: Mapping[str, str]) -> EndpointBook:
+    def load(
+        cls,
+        path: Path,
+        registry: TownshipRegistry,
+        env: Mapping[str, str],
+        channels: Registry = CHANNELS,
+    ) -> EndpointBook:
         """The book of endpoints.yaml, secrets read from `env`; a bad file is a ConfigError."""
-        return cls(with_secrets(read_endpoints(path, registry), env))
+        return cls(with_secrets(read_endpoints(path, registry, channels), env))
 
     def without_secret(self) -> list[str]:
         """Ids of webhook endpoints whose secret is not set (their deliveries will fail)."""
         return [e.id for e in self.by_id.values() if e.channel == "webhook" and not e.secret]
 
 
-def read_endpoints(path: Path, registry: Registry) -> list[Endpoint]:
+def read_endpoints(
+    path: Path, registry: TownshipRegistry, channels: Registry = CHANNELS
+) -> list[Endpoint]:
     """The validated endpoints of endpoints.yaml in config order, without their secrets
     (`with_secrets`); equal values share one object (a city has 100,000 endpoints).
 
@@ -131,26 +165,28 @@ def read_endpoints(path: Path, registry: Registry) -> list[Endpoint]:
     ConfigError is the one it always was: the first validation error of the file (with the
     count of the others), else the first other problem.
     """
+    models = _models(channels)
     with collector_paused():
         data = load_yaml(path)
         try:
-            return _by_township(path, registry, data)
+            return _by_township(path, registry, data, models, channels)
         except (ConfigError, ValidationError, _Unexpected):
             pass
         # `data` is used up by now: parsed again.
-        whole = load_model(path, _EndpointsFile)
-        return _read(path, registry, whole.townships.items(), whole)
+        whole = load_model(path, models.whole)
+        return _read(path, registry, whole.townships.items(), whole, channels)
 
 
 class _Unexpected(Exception):
     """A file whose shape the township-by-township reading leaves to the whole-file one."""
 
 
-_TOWNSHIP_ITEMS = TypeAdapter(list[_TownshipEndpoint])
-_TOP_KEYS = frozenset(_EndpointsFile.model_fields)
+_TOP_KEYS = frozenset(_FileBase.model_fields)
 
 
-def _by_township(path: Path, registry: Registry, data: object) -> list[Endpoint]:
+def _by_township(
+    path: Path, registry: TownshipRegistry, data: object, models: _Models, channels: Registry
+) -> list[Endpoint]:
     data = {} if data is None else data
     if not isinstance(data, dict) or not data.keys() <= _TOP_KEYS:
         raise _Unexpected
@@ -158,20 +194,21 @@ def _by_township(path: Path, registry: Registry, data: object) -> list[Endpoint]
     if not isinstance(townships, dict):
         raise _Unexpected
 
-    def validated() -> Iterator[tuple[str, list[_TownshipEndpoint]]]:
+    def validated() -> Iterator[tuple[str, list[_TownshipEntry]]]:
         for code in list(townships):
             if type(code) is not str:
                 raise _Unexpected
-            yield code, _TOWNSHIP_ITEMS.validate_python(townships.pop(code))
+            yield code, models.items.validate_python(townships.pop(code))
 
-    return _read(path, registry, validated(), _EndpointsFile.model_validate(data))
+    return _read(path, registry, validated(), _FileBase.model_validate(data), channels)
 
 
 def _read(
     path: Path,
-    registry: Registry,
-    townships: Iterable[tuple[str, list[_TownshipEndpoint]]],
-    data: _EndpointsFile,
+    registry: TownshipRegistry,
+    townships: Iterable[tuple[str, list[_TownshipEntry]]],
+    data: _FileBase,
+    channels: Registry,
 ) -> list[Endpoint]:
     """The endpoints of validated townships, then partners and command centres of `data`."""
     share = Shared()
@@ -182,9 +219,13 @@ def _read(
         code = sys.intern(code)
         for i, item in enumerate(items):
             key = f"townships.{code}[{i}]"
-            endpoints.append(_township_endpoint(path, key, code, item, share))
+            spec = channels[item.channel]
+            endpoints.append(_township_endpoint(path, key, code, item, spec, share))
+    webhook = channels.get("webhook")
     for i, p in enumerate(data.partners):
-        endpoints.append(_partner(path, f"partners[{i}]", p, registry, share))
+        if webhook is None:
+            raise ConfigError(str(path), f"partners[{i}]", "no webhook channel is registered")
+        endpoints.append(_partner(path, f"partners[{i}]", p, registry, webhook, share))
     for code, centre in data.command_centres.items():
         if not registry.known(code):
             raise ConfigError(str(path), f"command_centres.{code}", "unknown area code")
@@ -225,43 +266,38 @@ def _levels(path: Path, key: str, levels: list[int] | None) -> frozenset[int]:
     return frozenset(levels)
 
 
-def _audiences(channel: str, audiences: list[Audience] | None) -> frozenset[str]:
-    return frozenset(a.value for a in audiences) if audiences else DEFAULT_AUDIENCES[channel]
+def _audiences(spec: ChannelSpec[Any], audiences: list[Audience] | None) -> frozenset[str]:
+    return frozenset(a.value for a in audiences) if audiences else spec.audiences
 
 
 def _township_endpoint(
-    path: Path, key: str, code: str, item: _TownshipEndpoint, share: Shared
+    path: Path, key: str, code: str, item: _TownshipEntry, spec: ChannelSpec[Any], share: Shared
 ) -> Endpoint:
-    target: str
-    devices: tuple[str, ...] = ()
-    recipients: tuple[str, ...] = ()
-    if item.channel == "mqtt":
-        if item.kind is None:
-            raise ConfigError(str(path), f"{key}.kind", "an mqtt endpoint needs display|broadcast")
-        target, devices = share(item.kind), tuple(item.devices)
-    elif item.channel == "sms":
-        bad = [p for p in item.phones if not _PHONE.fullmatch(p)]
-        if not item.phones or bad:
-            raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
-        target, recipients = item.group or item.id, tuple(item.phones)
-    else:
-        bad = [a for a in item.to if "@" not in a]
-        if not item.to or bad:
-            raise ConfigError(str(path), f"{key}.to", "needs email addresses")
-        target, recipients = item.to[0], tuple(item.to)
+    assert spec.township is not None  # the entry model admits only such channels
+    try:
+        where = spec.township.read(item, item.id)
+    except OptionError as exc:
+        raise ConfigError(str(path), f"{key}.{exc.key}", exc.reason) from exc
     return Endpoint(
         id=item.id,
         channel=share(item.channel),
         townships=share((code,)),
-        target=target,
-        recipients=recipients,
-        devices=devices,
-        audiences=share(_audiences(item.channel, item.audiences)),
+        target=where.target,
+        recipients=where.recipients,
+        devices=where.devices,
+        audiences=share(_audiences(spec, item.audiences)),
         levels=share(_levels(path, key, item.levels)),
     )
 
 
-def _partner(path: Path, key: str, p: _Partner, registry: Registry, share: Shared) -> Endpoint:
+def _partner(
+    path: Path,
+    key: str,
+    p: _Partner,
+    registry: TownshipRegistry,
+    webhook: ChannelSpec[Any],
+    share: Shared,
+) -> Endpoint:
     if p.districts == "all":
         townships = tuple(registry.townships)
     else:
@@ -271,12 +307,12 @@ def _partner(path: Path, key: str, p: _Partner, registry: Registry, share: Share
         townships = tuple(registry.expand(p.districts))
     return Endpoint(
         id=p.id,
-        channel="webhook",
+        channel=webhook.name,
         townships=share(townships),
         target=p.url,
         secret_env=p.secret_env,
         timeout=p.timeout_s,
-        audiences=_audiences("webhook", p.audiences),
+        audiences=_audiences(webhook, p.audiences),
         levels=_levels(path, key, p.levels),
         format=p.format,
         covers_townships=False,
@@ -300,7 +336,7 @@ def _centre(path: Path, key: str, code: str, c: _Centre) -> list[Endpoint]:
             )
         )
     if c.phones:
-        if any(not _PHONE.fullmatch(p) for p in c.phones):
+        if any(not PHONE.fullmatch(p) for p in c.phones):
             raise ConfigError(str(path), f"{key}.phones", "needs phone numbers (digits, +)")
         out.append(
             Endpoint(

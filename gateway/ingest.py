@@ -28,7 +28,7 @@ from gateway.exceptions import (
     RequestError,
 )
 from gateway.ledger import LedgerDraft, Stage, canonical_json
-from gateway.lifecycle import Lifecycle, clear_deliveries
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.model import Limits, MsgType, Warning, as_json_dict, parse_warning
 from gateway.policies.authority import AuthorityPolicy, Authorization, check_issuing_unit
@@ -66,9 +66,9 @@ class Ingest:
         *,
         book: EndpointBook,
         channels: Collection[str],
-        dispatch: Dispatch | None = None,
-        tracker: CoverageTracker | None = None,
-        lifecycle: Lifecycle | None = None,
+        dispatch: Dispatch,
+        tracker: CoverageTracker,
+        lifecycle: Lifecycle,
         clock: Clock = utc_now,
         limits: Limits | None = None,
     ) -> None:
@@ -146,7 +146,7 @@ class Ingest:
         clears: list[DeliveryRecord] = []
         retire: tuple[str, str] | None = None
         if replaced is not None:
-            clears = clear_deliveries(replaced.id, old_deliveries)
+            clears = self.lifecycle.clears_after(replaced.id, old_deliveries)
             old_state, stage = (
                 (WarningState.CANCELLED, Stage.CANCELLED)
                 if cancel
@@ -161,7 +161,7 @@ class Ingest:
         # Art. 20: no means reaches a blind spot; it is escalated at once, with the warning.
         escalations: list[DeliveryRecord] = []
         escalated: tuple[Sequence[str], datetime] | None = None
-        if routed.blind_spots and not cancel and self.tracker is not None:
+        if routed.blind_spots and not cancel:
             at = self.clock()
             escalations, drafts = self.tracker.plan(
                 warning.id, warning.level, routed.blind_spots, "blind_spot", at
@@ -214,20 +214,17 @@ class Ingest:
         The warning is durable: whatever fails here is logged, not answered (a restart resumes
         what is pending), so its 202 is never turned into an error."""
         try:
-            if self.dispatch is not None:
-                referenced = replaced.warning["sent_at"] if replaced is not None else None
-                notice = Notice.from_document(stored.warning, referenced_sent_at=referenced)
-                await self.dispatch(notice, deliveries)
-            if replaced is not None and self.lifecycle is not None:
+            referenced = replaced.warning["sent_at"] if replaced is not None else None
+            notice = Notice.from_document(stored.warning, referenced_sent_at=referenced)
+            await self.dispatch(notice, deliveries)
+            if replaced is not None:
                 await self.lifecycle.after_retire(replaced, clears)
         except Exception:
             log.exception("follow-up of accepted warning %s failed", stored.id)
         if stored.state != WarningState.ACTIVE:
             return
-        if self.lifecycle is not None:
-            self.lifecycle.watch(stored)
-        if self.tracker is not None:
-            self.tracker.watch(stored)
+        self.lifecycle.watch(stored)
+        self.tracker.watch(stored)
 
     def _route(self, warning: Warning, old_deliveries: Sequence[DeliveryRecord]) -> Plan:
         """The plan of an alert or update; a cancel goes to the partners of its area and to the

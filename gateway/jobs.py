@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.channels.base import Channel, Outcome
-from gateway.exceptions import PermanentDeliveryError
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, StoredWarning
 from gateway.values import Endpoint, Notice
@@ -54,10 +53,7 @@ def deadline(job: Job) -> datetime:
 
 async def clear(channel: Channel, endpoint: Endpoint, warning_id: str) -> Outcome:
     """Remove what `channel` keeps for the warning at `endpoint` (an MQTT retained message)."""
-    clear = getattr(channel, "clear", None)
-    if clear is None or len(endpoint.townships) != 1:
-        raise PermanentDeliveryError(f"{channel.name} keeps nothing to clear")
-    await clear(endpoint.townships[0], endpoint.target, warning_id)
+    await channel.clear(endpoint, warning_id)
     return Outcome(delivered=True, detail={"cleared": True})
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -28,9 +28,12 @@ log = logging.getLogger("gateway.lifecycle")
 Clock = Callable[[], datetime]
 
 
-def clear_deliveries(warning_id: str, deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
-    """One `clear` delivery per MQTT endpoint the warning was (or may have been) published to."""
-    reached = [d for d in deliveries if d.channel == "mqtt" and d.state != DeliveryState.FAILED]
+def clear_deliveries(
+    warning_id: str, deliveries: Sequence[DeliveryRecord], clearing: Collection[str]
+) -> list[DeliveryRecord]:
+    """One `clear` delivery per endpoint of a `clearing` channel (one that keeps what it sent,
+    as MQTT keeps retained messages) the warning was, or may have been, sent to."""
+    reached = [d for d in deliveries if d.channel in clearing and d.state != DeliveryState.FAILED]
     return _after_end(warning_id, reached, CLEAR)
 
 
@@ -85,6 +88,12 @@ class Lifecycle:
             t.cancel()
         await asyncio.gather(*timers, return_exceptions=True)
 
+    def clears_after(
+        self, warning_id: str, deliveries: Sequence[DeliveryRecord]
+    ) -> list[DeliveryRecord]:
+        """The clears of a warning that ends, whose `deliveries` these are."""
+        return clear_deliveries(warning_id, deliveries, self.dispatcher.clearing)
+
     def watch(self, stored: StoredWarning) -> None:
         """Expire `stored` at its expires_at."""
         if stored.id in self._timers or stored.state != WarningState.ACTIVE:
@@ -121,7 +130,7 @@ class Lifecycle:
         if current is None or current.state != WarningState.ACTIVE:
             return
         deliveries = await self.store.deliveries_for(stored.id)
-        clears = clear_deliveries(stored.id, deliveries)
+        clears = self.clears_after(stored.id, deliveries)
         if state == WarningState.EXPIRED:  # partners hear of it; a cancel is a warning of its own
             clears += expiry_notices(stored.id, deliveries)
         entry = LedgerDraft(stored.id, stage, self.clock(), data)

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,9 +29,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.channels.mqtt import RECEIPT_SOURCE as MQTT_SOURCE
 from gateway.channels.sms_receipts import RECEIPT_SOURCE as SMS_SOURCE
 from gateway.channels.sms_receipts import SmsStatus, parse_callback
+from gateway.channels.webhook import ACK_SOURCE as PARTNER_SOURCE
 from gateway.clients import Client, Scope
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import FieldError, InvalidWarning, NotFound, Refused
@@ -45,12 +45,10 @@ from gateway.values import Receipt
 
 log = logging.getLogger("gateway.receipts")
 
-PARTNER_SOURCE = "partner-ack"
 MAX_FUTURE_S = 300.0
 """How far ahead of the gateway's clock a report may be dated (clock skew)."""
 MAX_FINGERPRINTS = 200
 """Reports remembered per delivery to apply a repeat once."""
-_CHANNEL_OF_SOURCE = {SMS_SOURCE: "sms", MQTT_SOURCE: "mqtt", PARTNER_SOURCE: "webhook"}
 
 
 @dataclass(frozen=True)
@@ -78,11 +76,14 @@ class ReceiptDesk:
         clock: Callable[[], datetime],
         book: EndpointBook,
         registry: Registry,
+        sources: Mapping[str, str],
     ) -> None:
+        """`sources` maps a receipt's source to the one channel it may report on."""
         self.store = store
         self.clock = clock
         self.book = book
         self.registry = registry
+        self.sources = sources
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def report(self, receipt: Receipt, client: Client) -> ReportOutcome:
@@ -176,7 +177,7 @@ class ReceiptDesk:
                 return await self._apply(did, receipt, client)
 
     def _check_source(self, rec: DeliveryRecord, receipt: Receipt, client: Client | None) -> None:
-        wanted = _CHANNEL_OF_SOURCE.get(receipt.source)
+        wanted = self.sources.get(receipt.source)
         allowed = wanted == rec.channel
         if receipt.source == PARTNER_SOURCE:
             allowed = allowed and client is not None and rec.endpoint_id in client.partners

@@ -157,7 +157,6 @@ class Reconciler:
         self, rec: DeliveryRecord, warning_id: str, endpoint: Endpoint | None = None
     ) -> None:
         endpoint = endpoint or self.book.by_id.get(rec.endpoint_id)
-        clear = getattr(self.channel, "clear", None)
-        if endpoint is None or clear is None or len(endpoint.townships) != 1:
+        if endpoint is None or len(endpoint.townships) != 1:
             return
-        await clear(endpoint.townships[0], endpoint.target, warning_id)
+        await self.channel.clear(endpoint, warning_id)

@@ -181,7 +181,7 @@ async def test_clear_removes_the_retained_warning(mosquitto: Mosquitto) -> None:
     message = make_message(kind="broadcast")
     async with channel_for(mosquitto.url) as channel:
         await channel.send(message)
-        await channel.clear(TOWNSHIP, "broadcast", message.notice.id)
+        await channel.clear(message.endpoint, message.notice.id)
 
     async with board(mosquitto.url) as late:
         await late.subscribe(f"{PREFIX}/#", qos=1)

@@ -28,7 +28,7 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from gateway.exceptions import DeliveryError
+from gateway.exceptions import DeliveryError, PermanentDeliveryError
 from gateway.values import Endpoint, Notice, Receipt
 
 
@@ -129,6 +129,11 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, message: Message) -> Outcome:
         """Deliver one message; raise a DeliveryError subclass on failure."""
+
+    async def clear(self, endpoint: Endpoint, warning_id: str) -> None:
+        """Withdraw what `send` left at `endpoint` for the warning (a retained message), for a
+        channel whose spec says it `clears`; raises like `send`. This one keeps nothing."""
+        raise PermanentDeliveryError(f"{self.name} keeps nothing to clear")
 
 
 @dataclass

@@ -30,9 +30,20 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiosmtplib
+from pydantic import Field
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.channels.email_render import TEMPLATE_CACHE, Mail, Template, compose, template_key
+from gateway.channels.spec import (
+    BuildContext,
+    ChannelOptions,
+    ChannelSpec,
+    EndpointFields,
+    OptionError,
+    Target,
+    TownshipEndpoints,
+    check_url_option,
+)
 from gateway.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 log = logging.getLogger("gateway.channels.email")
@@ -42,6 +53,9 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_POOL = 4
 """Connections kept open, and so sends in flight at once."""
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
+DEFAULT_URL = "smtp://127.0.0.1:25"
+DEFAULT_SENDER = "重庆市突发事件预警信息发布中心 <warnings@example.org>"
+DEFAULT_CONCURRENCY = 8
 REPLY_CHARS = 200
 """Longest server reply text kept in an Outcome or error."""
 _SMTPUTF8_MISSING = (
@@ -276,3 +290,58 @@ class EmailChannel(Channel):
             log.debug("SMTP QUIT failed: %s", exc)
         finally:
             self._drop(smtp)
+
+
+class EmailOptions(ChannelOptions):
+    """`channels.email` in gateway.yaml; GATEWAY_SMTP_URL overrides `url`."""
+
+    url: str = DEFAULT_URL
+    sender: str = DEFAULT_SENDER
+    username: str | None = None
+    password_env: str | None = "GATEWAY_SMTP_PASSWORD"
+    """The environment variable holding the SMTP password."""
+    starttls: bool = False
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=600)
+    pool_size: int = Field(default=DEFAULT_POOL, ge=1, le=100)
+
+
+class EmailFields(EndpointFields):
+    """A mailing list of endpoints.yaml: `to`, its addresses."""
+
+    to: list[str] = Field(default_factory=list)
+
+
+def _check(options: EmailOptions) -> None:
+    check_url_option(options.url, "smtp")
+
+
+def _target(entry: EmailFields, endpoint_id: str) -> Target:
+    if not entry.to or not all("@" in a for a in entry.to):
+        raise OptionError("to", "needs email addresses")
+    return Target(entry.to[0], recipients=tuple(entry.to))
+
+
+def _build(options: EmailOptions, context: BuildContext) -> Channel:
+    password = context.env.get(options.password_env) if options.password_env else None
+    return EmailChannel(
+        options.url,
+        sender=options.sender,
+        username=options.username,
+        password=password or None,
+        starttls=options.starttls,
+        use_tls=options.url.startswith("smtps://"),
+        timeout=options.timeout_s,
+        pool_size=options.pool_size,
+    )
+
+
+SPEC = ChannelSpec(
+    name="email",
+    options=EmailOptions,
+    build=_build,
+    concurrency=DEFAULT_CONCURRENCY,
+    env={"url": "GATEWAY_SMTP_URL"},
+    check=_check,
+    township=TownshipEndpoints(EmailFields, _target),
+    start_order=3,
+)

@@ -6,10 +6,8 @@ published with QoS 1 and the retain flag to `{prefix}/D/T/{kind}/{warning_id}`, 
 MessageExpiryInterval of the whole seconds left to `expires_at`, so the broker drops it on time;
 MQTT 3.1.1 (amqtt, the drill's embedded broker) has no expiry and relies on `clear`.
 
-Boards acknowledge on `{prefix}/ack/{device_id}` with JSON
-`{"warning_id": ..., "status": "delivered"|"displayed"|"played"|"failed", "at": ISO-8601}`
-(`status` defaults to delivered, `at` to the arrival time); each valid ack becomes a `Receipt`
-for the ReceiptSink. Malformed acks are logged and dropped.
+Boards acknowledge on `{prefix}/ack/{device_id}` (`gateway.channels.mqtt_acks`); each valid
+ack becomes a `Receipt` for the ReceiptSink, malformed ones are logged and dropped.
 
 One long-lived client connection is kept by a background task started on `async with`: it
 reconnects with capped exponential backoff and re-subscribes to the acks after every reconnect.
@@ -21,31 +19,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
-import re
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.properties import Properties
+from pydantic import Field
 
 from gateway.channels.base import Channel, Message, Outcome, ReceiptSink
-from gateway.channels.mqtt_payload import JSON, payload_head, payload_key, publish_properties
-from gateway.exceptions import PermanentDeliveryError, TransientDeliveryError
-from gateway.values import Endpoint, Receipt
+from gateway.channels.mqtt_acks import RECEIPT_SOURCE, parse_ack
+from gateway.channels.mqtt_payload import (
+    JSON,
+    payload_head,
+    payload_key,
+    publish_properties,
+    seconds_left,
+    topic_of,
+)
+from gateway.channels.spec import (
+    BuildContext,
+    Capabilities,
+    ChannelOptions,
+    ChannelSpec,
+    EndpointFields,
+    OptionError,
+    Target,
+    TownshipEndpoints,
+    check_url_option,
+)
+from gateway.exceptions import TransientDeliveryError
+from gateway.values import Endpoint
 
 log = logging.getLogger("gateway.channels.mqtt")
 
 DEFAULT_PORT = 1883
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+DEFAULT_PREFIX = "cq/warnings"
+DEFAULT_CONCURRENCY = 64
+DEFAULT_RECONCILE_S = 300.0
+"""Seconds between republishing every current retained warning (a broker that lost them)."""
+SHARED_ACK_GROUP = "gateway"
+"""`$share/gateway/{prefix}/ack/+` (design.md): the gateways of a deployment share the acks."""
 DEFAULT_CONNECT_TIMEOUT = 5.0
 """Seconds one connection attempt may take, and a send may wait for a connection."""
 DEFAULT_PUBLISH_TIMEOUT = 10.0
@@ -62,16 +85,6 @@ PAYLOAD_CACHE = 64
 """Warnings whose payload (all of it but the delivery id) a channel keeps, least recently used
 dropped first."""
 
-KINDS = frozenset({"display", "broadcast"})
-ACK_STATUSES = {
-    "delivered": "delivered",
-    "displayed": "delivered",
-    "played": "delivered",
-    "failed": "failed",
-}
-RECEIPT_SOURCE = "mqtt-ack"
-_TOWNSHIP = re.compile(r"[0-9]{9}")
-_WARNING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 
 
@@ -186,8 +199,8 @@ class MqttChannel(Channel):
         no connection, the publish fails, times out or the connection drops before PUBACK.
         """
         endpoint, notice = message.endpoint, message.notice
-        topic = self._topic(_single_township(endpoint), endpoint.target, notice.id)
-        expiry = _seconds_left(notice.expires_at)
+        topic = topic_of(self.prefix, endpoint, notice.id)
+        expiry = seconds_left(notice.expires_at)
         properties: Properties | None = None
         detail: dict[str, Any] = {"topic": topic, "expiry_s": None}
         if self.protocol == "5":
@@ -212,22 +225,13 @@ class MqttChannel(Channel):
             self._payload_heads.move_to_end(key)
         return head + JSON.encode(message.delivery_id).encode("utf-8") + b"}"
 
-    async def clear(self, township: str, kind: str, warning_id: str) -> None:
-        """Remove the retained warning from its topic (empty retained payload, QoS 1).
+    async def clear(self, endpoint: Endpoint, warning_id: str) -> None:
+        """Remove the retained warning from the endpoint's topic (empty retained payload, QoS 1).
 
         Raises like `send`: PermanentDeliveryError for an impossible topic,
         TransientDeliveryError when the broker cannot be reached.
         """
-        await self._publish(self._topic(township, kind, warning_id), b"", None)
-
-    def _topic(self, township: str, kind: str, warning_id: str) -> str:
-        if kind not in KINDS:
-            raise PermanentDeliveryError(f"MQTT endpoint kind must be display|broadcast: {kind!r}")
-        if not _TOWNSHIP.fullmatch(township):
-            raise PermanentDeliveryError(f"not a 9-digit township code: {township!r}")
-        if not _WARNING_ID.fullmatch(warning_id):
-            raise PermanentDeliveryError(f"warning id cannot be a topic level: {warning_id!r}")
-        return f"{self.prefix}/{township[:6]}/{township}/{kind}/{warning_id}"
+        await self._publish(topic_of(self.prefix, endpoint, warning_id), b"", None)
 
     async def _publish(self, topic: str, payload: bytes, properties: Properties | None) -> None:
         conn = await self._connection()
@@ -333,7 +337,7 @@ class MqttChannel(Channel):
 
     async def _read_acks(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
-            receipt = self._parse_ack(str(msg.topic), msg.payload)
+            receipt = parse_ack(str(msg.topic), msg.payload, self._ack_prefix, self._devices)
             if receipt is None:
                 continue
             try:
@@ -342,62 +346,56 @@ class MqttChannel(Channel):
                 # A failing sink must not stop the loop that also keeps the connection.
                 log.exception("receipt sink failed for MQTT ack on %s", msg.topic)
 
-    def _parse_ack(self, topic: str, payload: bytes) -> Receipt | None:
-        """The Receipt of one ack, or None (logged) when it is malformed."""
-        device_id = topic.removeprefix(self._ack_prefix)
-        try:
-            data = json.loads(payload.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            warning_id = data.get("warning_id")
-            if not isinstance(warning_id, str) or not warning_id:
-                raise ValueError("warning_id missing")
-            given = data.get("status", "delivered")
-            status = ACK_STATUSES.get(given) if isinstance(given, str) else None
-            if status is None:
-                raise ValueError("unknown status")
-            at = _parse_at(data.get("at"))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
-            log.warning("dropped malformed MQTT ack from device %s: %s", device_id, exc)
-            return None
-        endpoint_id = self._devices.get(device_id)
-        if endpoint_id is None:
-            log.info("MQTT ack from unknown device %s for warning %s", device_id, warning_id)
-        return Receipt(
-            status=status,
-            at=at,
-            source=RECEIPT_SOURCE,
-            warning_id=warning_id,
-            endpoint_id=endpoint_id,
-            detail={"device_id": device_id},
-        )
+
+class MqttOptions(ChannelOptions):
+    """`channels.mqtt` in gateway.yaml; GATEWAY_MQTT_URL overrides `url`."""
+
+    url: str = DEFAULT_URL
+    prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[^#+]+[^/#+]$")
+    protocol: Literal["5", "3.1.1"] = "5"
+    reconcile_s: float = Field(default=DEFAULT_RECONCILE_S, ge=1, le=86400)
 
 
-def _single_township(endpoint: Endpoint) -> str:
-    if len(endpoint.townships) != 1:
-        raise PermanentDeliveryError(
-            f"MQTT endpoint {endpoint.id} must serve exactly one township, "
-            f"has {len(endpoint.townships)}"
-        )
-    return endpoint.townships[0]
+class MqttFields(EndpointFields):
+    """A board or loudspeaker group of endpoints.yaml: its `kind` and the `devices` that ack."""
+
+    kind: Literal["display", "broadcast"] | None = None
+    devices: list[str] = Field(default_factory=list)
 
 
-def _seconds_left(expires_at: datetime) -> int:
-    """Whole seconds to `expires_at`, at least 1; PermanentDeliveryError once it has passed."""
-    if expires_at.tzinfo is None:
-        raise PermanentDeliveryError("expires_at has no UTC offset")
-    left = (expires_at - datetime.now(UTC)).total_seconds()
-    if left <= 0:
-        raise PermanentDeliveryError(f"warning expired at {expires_at.isoformat()}")
-    return max(1, int(left))
+def _check(options: MqttOptions) -> None:
+    check_url_option(options.url, "mqtt")
 
 
-def _parse_at(value: object) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    if not isinstance(value, str):
-        raise ValueError("at is not a string")
-    at = datetime.fromisoformat(value)
-    if at.tzinfo is None:
-        raise ValueError("at has no UTC offset")
-    return at
+def _target(entry: MqttFields, endpoint_id: str) -> Target:
+    if entry.kind is None:
+        raise OptionError("kind", "an mqtt endpoint needs display|broadcast")
+    return Target(sys.intern(entry.kind), devices=tuple(entry.devices))
+
+
+def _build(options: MqttOptions, context: BuildContext) -> Channel:
+    devices = {device: e.id for e in context.endpoints for device in e.devices}
+    return MqttChannel(
+        options.url,
+        prefix=options.prefix,
+        receipts=context.receipts,
+        devices=devices,
+        protocol=options.protocol,
+        shared_acks=SHARED_ACK_GROUP if context.shared else None,
+    )
+
+
+SPEC = ChannelSpec(
+    name="mqtt",
+    options=MqttOptions,
+    build=_build,
+    capabilities=Capabilities(receipts=True, clears=True),
+    concurrency=DEFAULT_CONCURRENCY,
+    audiences=frozenset({"public"}),
+    env={"url": "GATEWAY_MQTT_URL"},
+    check=_check,
+    township=TownshipEndpoints(MqttFields, _target),
+    receipt_sources=frozenset({RECEIPT_SOURCE}),
+    start_order=0,
+    leads=True,
+)

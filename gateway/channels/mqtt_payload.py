@@ -1,4 +1,7 @@
-"""What the MQTT channel publishes: the warning's JSON payload and its MQTT 5 properties.
+"""What the MQTT channel publishes: the topic, the warning's JSON payload and its MQTT 5
+properties.
+
+The topic of a warning at an endpoint is `{prefix}/{district}/{township}/{kind}/{warning_id}`.
 
 The payload is the warning's fields and last the `delivery_id`; all of it but the delivery id is
 rendered once per warning (`payload_head`, keyed by `payload_key`). PUBLISH properties depend
@@ -9,12 +12,18 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from datetime import UTC, datetime
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.values import Notice
+from gateway.exceptions import PermanentDeliveryError
+from gateway.values import Endpoint, Notice
 
+KINDS = frozenset({"display", "broadcast"})
+_TOWNSHIP = re.compile(r"[0-9]{9}")
+_WARNING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PROPERTIES_CACHE = 64
 """Expiry values whose MQTT 5 PUBLISH properties are kept (nothing else in them varies)."""
 
@@ -83,3 +92,32 @@ def payload_head(notice: Notice) -> bytes:
         "expires_at": notice.expires_at.isoformat(),
     }
     return (JSON.encode(doc)[:-1] + ',"delivery_id":').encode("utf-8")
+
+
+def topic_of(prefix: str, endpoint: Endpoint, warning_id: str) -> str:
+    """The retained topic of `warning_id` at `endpoint`; PermanentDeliveryError when there is
+    none (not one 9-digit township, a kind other than display|broadcast, an id that cannot be
+    a topic level)."""
+    if len(endpoint.townships) != 1:
+        raise PermanentDeliveryError(
+            f"MQTT endpoint {endpoint.id} must serve exactly one township, "
+            f"has {len(endpoint.townships)}"
+        )
+    township, kind = endpoint.townships[0], endpoint.target
+    if kind not in KINDS:
+        raise PermanentDeliveryError(f"MQTT endpoint kind must be display|broadcast: {kind!r}")
+    if not _TOWNSHIP.fullmatch(township):
+        raise PermanentDeliveryError(f"not a 9-digit township code: {township!r}")
+    if not _WARNING_ID.fullmatch(warning_id):
+        raise PermanentDeliveryError(f"warning id cannot be a topic level: {warning_id!r}")
+    return f"{prefix}/{township[:6]}/{township}/{kind}/{warning_id}"
+
+
+def seconds_left(expires_at: datetime) -> int:
+    """Whole seconds to `expires_at`, at least 1; PermanentDeliveryError once it has passed."""
+    if expires_at.tzinfo is None:
+        raise PermanentDeliveryError("expires_at has no UTC offset")
+    left = (expires_at - datetime.now(UTC)).total_seconds()
+    if left <= 0:
+        raise PermanentDeliveryError(f"warning expired at {expires_at.isoformat()}")
+    return max(1, int(left))

@@ -14,15 +14,28 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import aiohttp
+from pydantic import Field
 from yarl import URL
 
 from gateway.channels.base import Channel, Message, Outcome, PerWarning, parse_retry_after
+from gateway.channels.sms_receipts import RECEIPT_SOURCE
+from gateway.channels.spec import (
+    BuildContext,
+    Capabilities,
+    ChannelOptions,
+    ChannelSpec,
+    EndpointFields,
+    OptionError,
+    Target,
+    TownshipEndpoints,
+)
 from gateway.exceptions import (
     DeliveryError,
     PermanentDeliveryError,
@@ -38,6 +51,9 @@ DEFAULT_TIMEOUT = 10.0
 MAX_ANSWER_BYTES = 64 * 1024
 SEGMENT_CACHE = 64
 """Warnings whose SMS parts a channel keeps, oldest dropped first."""
+DEFAULT_CONCURRENCY = 32
+PHONE = re.compile(r"\+?\d{5,15}")
+"""A phone number as endpoints.yaml gives it."""
 _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
@@ -310,3 +326,59 @@ class SmsChannel(Channel):
             delivered=not self.provider.expects_receipts,
             detail={"segments": len(parts), "phones": len(phones), "provider": dict(answer)},
         )
+
+
+class SmsOptions(ChannelOptions):
+    """`channels.sms` in gateway.yaml."""
+
+    provider: Literal["stub", "http"] = "stub"
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    token_env: str | None = "GATEWAY_SMS_TOKEN"
+    """The environment variable holding the provider's bearer token."""
+    callback_url: str | None = None
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=600)
+
+
+class SmsFields(EndpointFields):
+    """An SMS group of endpoints.yaml: `phones`, and the `group` name the provider knows."""
+
+    phones: list[str] = Field(default_factory=list)
+    group: str | None = None
+
+
+def _check(options: SmsOptions) -> None:
+    if options.provider == "http" and not options.url:
+        raise OptionError("url", "the http SMS provider needs a url")
+
+
+def _target(entry: SmsFields, endpoint_id: str) -> Target:
+    if not entry.phones or not all(PHONE.fullmatch(p) for p in entry.phones):
+        raise OptionError("phones", "needs phone numbers (digits, +)")
+    return Target(entry.group or endpoint_id, recipients=tuple(entry.phones))
+
+
+def _build(options: SmsOptions, context: BuildContext) -> Channel:
+    if options.provider == "http" and options.url:
+        token = context.env.get(options.token_env) if options.token_env else None
+        return SmsChannel(
+            HttpProvider(
+                options.url,
+                token=token or None,
+                timeout=options.timeout_s,
+                callback_url=options.callback_url,
+            )
+        )
+    return SmsChannel(StubProvider())
+
+
+SPEC = ChannelSpec(
+    name="sms",
+    options=SmsOptions,
+    build=_build,
+    capabilities=Capabilities(receipts=True),
+    concurrency=DEFAULT_CONCURRENCY,
+    check=_check,
+    township=TownshipEndpoints(SmsFields, _target),
+    receipt_sources=frozenset({RECEIPT_SOURCE}),
+    start_order=2,
+)

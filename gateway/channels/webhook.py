@@ -31,22 +31,27 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 import aiohttp
+from pydantic import Field
 
 from gateway import __version__
 from gateway.cap.profile import DEFAULT_CAP_SENDER
 from gateway.cap.write import document_to_cap
 from gateway.channels.base import Channel, Message, Outcome, PerWarning, parse_retry_after
+from gateway.channels.spec import BuildContext, ChannelOptions, ChannelSpec
 from gateway.exceptions import EndpointGone, PermanentDeliveryError, TransientDeliveryError
 from gateway.values import Notice
 
 log = logging.getLogger("gateway.channels.webhook")
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 5.0
 """Seconds for one whole request (connect, send, answer) when the endpoint sets none."""
+DEFAULT_CONCURRENCY = 64
 USER_AGENT = f"chongqing-warning-gateway/{__version__}"
 MAX_DETAIL_BYTES = 200
 """At most this much of a partner's answer is read, and only to explain a failure."""
 SECRET_PREFIX = "whsec_"
+ACK_SOURCE = "partner-ack"
+"""The `Receipt.source` of a partner's ack (POST /v1/receipts)."""
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 """Answers whose `Retry-After` is honoured (RFC 9110 defines it for these)."""
@@ -232,3 +237,24 @@ async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
     except (aiohttp.ClientError, TimeoutError):
         return ""
     return " ".join(raw.decode("utf-8", errors="replace").split())
+
+
+class WebhookOptions(ChannelOptions):
+    """`channels.webhook` in gateway.yaml (a partner's own `timeout_s` wins)."""
+
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=600)
+
+
+def _build(options: WebhookOptions, context: BuildContext) -> Channel:
+    return WebhookChannel(default_timeout=options.timeout_s)
+
+
+SPEC = ChannelSpec(
+    name="webhook",
+    options=WebhookOptions,
+    build=_build,
+    concurrency=DEFAULT_CONCURRENCY,
+    audiences=frozenset({"public"}),
+    receipt_sources=frozenset({ACK_SOURCE}),
+    start_order=1,
+)

@@ -24,6 +24,7 @@ import aiomqtt
 from aiohttp import ClientSession, ClientTimeout, web
 
 from gateway.app import build_app
+from gateway.channels import mqtt
 from gateway.clients import Client
 from gateway.config import Settings, load_settings
 from gateway.drill.samples import red_rainstorm_wanzhou
@@ -51,28 +52,34 @@ def run_drill(config_dir: Path | None, *, as_json: bool) -> int:
         return asyncio.run(_drill(config_dir, db, as_json=as_json))
 
 
+DRILL_CHANNELS: dict[str, dict[str, object]] = {
+    "sms": {"provider": "stub"},
+    "email": {"starttls": False},
+    "mqtt": {"protocol": "3.1.1"},  # amqtt, the embedded broker, speaks 3.1.1
+    "webhook": {},
+}
+"""What the drill sets, beside `enabled`, fast retries and its sinks' URLs."""
+
+
 def _drill_settings(base: Settings, db: Path, token: str, broker: str, smtp: str) -> Settings:
-    ch = base.channels
-    retry = ch.sms.retry.model_copy(update=FAST_RETRY)
-    channels = ch.model_copy(
-        update={
-            "sms": ch.sms.model_copy(update={"provider": "stub", "enabled": True, "retry": retry}),
-            "email": ch.email.model_copy(
-                update={"url": smtp, "enabled": True, "starttls": False, "retry": retry}
-            ),
-            "mqtt": ch.mqtt.model_copy(
-                update={"url": broker, "protocol": "3.1.1", "enabled": True, "retry": retry}
-            ),
-            "webhook": ch.webhook.model_copy(update={"enabled": True, "retry": retry}),
-        }
-    )
+    urls = {"email": {"url": smtp}, "mqtt": {"url": broker}}
+    channels = dict(base.channels)
+    for name, update in DRILL_CHANNELS.items():
+        cs = channels[name]
+        retry = cs.retry.model_copy(update=FAST_RETRY)
+        changes = {**update, **urls.get(name, {}), "enabled": True, "retry": retry}
+        channels[name] = cs.model_copy(update=changes)
     return replace(
         base,
         store_url=f"sqlite:///{db}",
         clients=(Client("drill", token),),
         channels=channels,
-        secrets={},
+        env={},  # no secret of the deployment: its sinks need none
     )
+
+
+def _prefix(settings: Settings) -> str:
+    return mqtt.SPEC.options_of(settings.channels["mqtt"]).prefix
 
 
 async def _drill(config_dir: Path | None, db: Path, *, as_json: bool) -> int:
@@ -92,7 +99,7 @@ async def _drill(config_dir: Path | None, db: Path, *, as_json: bool) -> int:
             changes[p.id] = replace(p, target=sinks[p.id].url + "/warnings", secret=secret)
         book = book.replace_endpoints(changes)
         settings = _drill_settings(base, db, token, broker.url, smtp.url)
-        boards = asyncio.create_task(_boards(broker.url, settings.channels.mqtt.prefix, book))
+        boards = asyncio.create_task(_boards(broker.url, _prefix(settings), book))
         app = build_app(settings, book=book)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
