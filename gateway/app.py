@@ -166,9 +166,10 @@ def build_app(
                 clock=clock,
                 dispatch=dispatcher.dispatch,
                 channels=list(runtimes),
+                sleep=sleep,
             )
             app[TRACKER] = tracker
-            lifecycle = Lifecycle(store, dispatcher, clock=clock)
+            lifecycle = Lifecycle(store, dispatcher, clock=clock, sleep=sleep)
             app[INGEST] = Ingest(
                 store,
                 registry,

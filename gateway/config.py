@@ -37,6 +37,10 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 """Seconds a connection may stay without a complete request head (new or kept alive)."""
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_BREAKER_FAILURES = 5
+"""Failures in a row that open an endpoint's circuit."""
+DEFAULT_BREAKER_COOLDOWN_S = 30.0
+"""Seconds an open circuit waits before one trial send."""
 DEFAULT_DEADLINES_S = {1: 300.0, 2: 600.0, 3: 900.0, 4: 1800.0}
 """Coverage deadlines per level (1 red ... 4 blue), seconds after receipt."""
 
@@ -86,8 +90,8 @@ class _IngestFile(BaseModel):
 
 class BreakerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    failures: int = Field(default=5, ge=1, le=1000)
-    cooldown_s: float = Field(default=30, gt=0, le=3600)
+    failures: int = Field(default=DEFAULT_BREAKER_FAILURES, ge=1, le=1000)
+    cooldown_s: float = Field(default=DEFAULT_BREAKER_COOLDOWN_S, gt=0, le=3600)
 
 
 class CoverageSettings(BaseModel):

@@ -21,6 +21,7 @@ from gateway.endpoints import EndpointBook
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
+from gateway.timers import Sleep, Timers
 from gateway.townships import Registry
 from gateway.values import Endpoint, Notice
 
@@ -75,6 +76,7 @@ class CoverageTracker:
         clock: Clock,
         dispatch: Dispatch,
         channels: Collection[str] | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.store = store
         self.channels = channels
@@ -83,7 +85,7 @@ class CoverageTracker:
         self.deadlines_s = deadlines_s
         self.clock = clock
         self.dispatch = dispatch
-        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._timers = Timers("coverage", clock=clock, sleep=sleep)
         self._checked: set[str] = set()  # deadline checks done (a watch again is a no-op)
 
     async def __aenter__(self) -> Self:
@@ -99,26 +101,17 @@ class CoverageTracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        timers = list(self._timers.values())
-        for t in timers:
-            t.cancel()
-        await asyncio.gather(*timers, return_exceptions=True)
+        await self._timers.close()
 
     def deadline(self, stored: StoredWarning) -> datetime:
         return coverage_deadline(stored, self.deadlines_s)
 
     def watch(self, stored: StoredWarning) -> None:
         """Schedule the deadline check of an accepted warning."""
-        if stored.id in self._timers or stored.id in self._checked:
-            return
-        task = asyncio.create_task(self._at_deadline(stored), name=f"coverage {stored.id}")
-        self._timers[stored.id] = task
-        task.add_done_callback(lambda _: self._timers.pop(stored.id, None))
+        if stored.id not in self._checked:
+            self._timers.at(stored.id, self.deadline(stored), lambda: self._at_deadline(stored))
 
     async def _at_deadline(self, stored: StoredWarning) -> None:
-        delay = (self.deadline(stored) - self.clock()).total_seconds()
-        if delay > 0:
-            await asyncio.sleep(delay)
         if self.clock() >= stored.expires_at:
             return
         try:

@@ -19,8 +19,6 @@ T = TypeVar("T")
 
 DEFAULT_PER_ENDPOINT = 4
 """Sends to one endpoint in flight at most (design.md: a hanging endpoint holds few workers)."""
-DEFAULT_RECONCILE_S = 300.0
-"""Seconds between reconciliations of retained MQTT messages (also after every reconnect)."""
 
 
 class Pacer(Protocol):

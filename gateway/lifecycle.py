@@ -22,6 +22,7 @@ from gateway.jobs import CLEAR, EXPIRED, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState
+from gateway.timers import Sleep, Timers
 
 log = logging.getLogger("gateway.lifecycle")
 
@@ -66,11 +67,13 @@ def _after_end(
 class Lifecycle:
     """Expiry timers and the follow-up of superseded or cancelled warnings."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, *, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, *, clock: Clock, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
-        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._timers = Timers("expiry", clock=clock, sleep=sleep)
 
     async def __aenter__(self) -> Self:
         for w in await self.store.active_warnings():
@@ -83,10 +86,7 @@ class Lifecycle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        timers = list(self._timers.values())
-        for t in timers:
-            t.cancel()
-        await asyncio.gather(*timers, return_exceptions=True)
+        await self._timers.close()
 
     def clears_after(
         self, warning_id: str, deliveries: Sequence[DeliveryRecord]
@@ -96,25 +96,17 @@ class Lifecycle:
 
     def watch(self, stored: StoredWarning) -> None:
         """Expire `stored` at its expires_at."""
-        if stored.id in self._timers or stored.state != WarningState.ACTIVE:
-            return
-        task = asyncio.create_task(self._at_expiry(stored), name=f"expiry {stored.id}")
-        self._timers[stored.id] = task
-        task.add_done_callback(lambda _: self._timers.pop(stored.id, None))
+        if stored.state == WarningState.ACTIVE:
+            self._timers.at(stored.id, stored.expires_at, lambda: self._at_expiry(stored))
 
     def watches(self, warning_id: str) -> bool:
         """Whether the expiry of `warning_id` is watched here."""
-        return warning_id in self._timers
+        return self._timers.has(warning_id)
 
     def unwatch(self, warning_id: str) -> None:
-        timer = self._timers.pop(warning_id, None)
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
+        self._timers.cancel(warning_id)
 
     async def _at_expiry(self, stored: StoredWarning) -> None:
-        delay = (stored.expires_at - self.clock()).total_seconds()
-        if delay > 0:
-            await asyncio.sleep(delay)
         try:
             data: dict[str, object] = {"expires_at": stored.expires_at.isoformat()}
             await self.end(stored, WarningState.EXPIRED, Stage.EXPIRED, data)

@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from gateway.channels.base import Channel, Message
+from gateway.channels.mqtt import DEFAULT_RECONCILE_S
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import DeliveryError
-from gateway.flow import DEFAULT_RECONCILE_S
 from gateway.ledger import LedgerDraft, Stage
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState

@@ -6,8 +6,7 @@ published with QoS 1 and the retain flag to `{prefix}/D/T/{kind}/{warning_id}`, 
 MessageExpiryInterval of the whole seconds left to `expires_at`, so the broker drops it on time;
 MQTT 3.1.1 (amqtt, the drill's embedded broker) has no expiry and relies on `clear`.
 
-Boards acknowledge on `{prefix}/ack/{device_id}` (`gateway.channels.mqtt_acks`); each valid
-ack becomes a `Receipt` for the ReceiptSink, malformed ones are logged and dropped.
+Board acks on `{prefix}/ack/{device_id}` become Receipts for the ReceiptSink (`mqtt_acks`).
 
 One long-lived client connection is kept by a background task started on `async with`: it
 reconnects with capped exponential backoff and re-subscribes to the acks after every reconnect.
@@ -66,7 +65,7 @@ DEFAULT_URL = "mqtt://127.0.0.1:1883"
 DEFAULT_PREFIX = "cq/warnings"
 DEFAULT_CONCURRENCY = 64
 DEFAULT_RECONCILE_S = 300.0
-"""Seconds between republishing every current retained warning (a broker that lost them)."""
+"""Seconds between reconciliations of retained messages (also after every reconnect)."""
 SHARED_ACK_GROUP = "gateway"
 """`$share/gateway/{prefix}/ack/+` (design.md): the gateways of a deployment share the acks."""
 DEFAULT_CONNECT_TIMEOUT = 5.0
