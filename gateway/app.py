@@ -203,7 +203,14 @@ def build_app(
                         control, store, dispatcher, breaker, lifecycle, tracker, sweep_s=sweep_s
                     )
                 )
-                await stack.enter_async_context(Sweeper(streams, store, sweep_s=sweep_s))
+                sweeper = Sweeper(
+                    streams,
+                    store,
+                    control,
+                    sweep_s=sweep_s,
+                    claim_idle_s=settings.redis.claim_idle_s,
+                )
+                await stack.enter_async_context(sweeper)
             yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -82,7 +82,12 @@ class Control:
 
     async def live(self) -> set[str]:
         """The names of the processes whose heartbeat is recent, this one included."""
-        since = (time.time() - LIVE_S) * 1000
+        return await self.heard_within(LIVE_S)
+
+    async def heard_within(self, seconds: float) -> set[str]:
+        """The names of the processes with a heartbeat in the last `seconds` (kept for
+        10 * claim_idle_s), this one included."""
+        since = (time.time() - seconds) * 1000
         names = await self.link.client.zrangebyscore(self.members, since, "+inf")
         return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
 

@@ -7,11 +7,13 @@ so the sweeper can tell which pending deliveries Redis lost. An entry read by a 
 in the group's pending list (its claim) until the process acks it, which also deletes it
 and takes its id out of `live`; a process renews its claims (`renew`) well within
 `claim_idle_s`, and claims idle longer than that are another process's to take (`take_over`).
+A process that died leaves its consumer in every group; `remove_dead` deletes those that hold
+no entry any more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,24 @@ end
 return lost
 """
 
+# Deletes from group ARGV[1] of KEYS[1] each consumer that holds no entry, was idle over ARGV[2]
+# ms and is not among ARGV[3..]; their names. One script: a consumer found empty cannot claim
+# an entry before its deletion (XGROUP DELCONSUMER drops what a consumer holds).
+_REMOVE_DEAD = """
+local live = {}
+for i = 3, #ARGV do live[ARGV[i]] = true end
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f.pending == 0 and f.idle > tonumber(ARGV[2]) and not live[f.name] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f.name)
+    table.insert(removed, f.name)
+  end
+end
+return removed
+"""
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -58,6 +78,7 @@ class Streams:
         self.channels = tuple(channels)
         self.live = link.key("live")
         self._renew = self.client.register_script(_RENEW)
+        self._remove_dead = self.client.register_script(_REMOVE_DEAD)
 
     def stream(self, channel: str, level: int) -> str:
         return self.link.key("q", channel, str(min(max(level, LEVELS[0]), LEVELS[-1])))
@@ -172,6 +193,24 @@ class Streams:
             for eid, fields in claimed
             if fields and FIELD in fields
         ]
+
+    async def remove_dead(self, idle_ms: int, live: Collection[str]) -> dict[str, list[str]]:
+        """Delete from every group the consumers that hold no entry, whose XINFO `idle` is over
+        `idle_ms` and whose names are not in `live`; the streams each name was deleted from.
+        `idle` is the time since the consumer's last read or claim (since the last one that
+        got entries, before Redis 7.2), never reset by another process: `live` keeps the
+        consumers of processes that are up but have had nothing to read."""
+        removed: dict[str, list[str]] = {}
+        for name in self.all_streams():
+            try:
+                reply = await self._remove_dead(keys=[name], args=[GROUP, idle_ms, *live])
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                    continue  # Redis lost the stream: its consumers went with it
+                raise
+            for consumer in reply:
+                removed.setdefault(_text(consumer), []).append(name)
+        return removed
 
     async def missing(self, ids: Sequence[str]) -> set[str]:
         """The delivery ids among `ids` that have no live entry."""
