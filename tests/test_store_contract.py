@@ -405,6 +405,57 @@ async def test_the_stores_give_the_same_figures_for_the_same_writes(
     assert memory == sqlite
 
 
+async def ends_scenario(store: Store) -> None:
+    """Deliveries that fail before any is delivered, end by a receipt (and get another after),
+    stop with their warning or leave while it is cancelled; an escalation delivery and a clear
+    beside them."""
+    ds = [delivery("e", n, ch) for n in range(3) for ch in ("sms", "webhook")]
+    esc = DeliveryRecord("e/escalate-1", "e", "c1", "email", 2, purpose=f"escalation:{T2}")
+    await store.accept(
+        stored("e"), [entry("e", Stage.RECEIVED)], [*ds, esc], [CoverageRow("e", T1)]
+    )
+    for n, d in enumerate(ds[:4]):
+        at = NOW + timedelta(seconds=n + 1)
+        tries = [entry("e", Stage.ATTEMPT, at, delivery_id=d.id) for _ in range(n + 1)]
+        await store.record([DeliveryUpdate(d.id, "sent", n + 1)], [*tries])
+    early = entry("e", Stage.FAILED, NOW + timedelta(seconds=5), delivery_id=ds[3].id)
+    await store.record([DeliveryUpdate(ds[3].id, "failed", 4)], [early])  # before any delivered
+    for n, d in enumerate(ds[:2]):
+        at = NOW + timedelta(seconds=10 + n)
+        rcpt = entry("e", Stage.RECEIPT, at, delivery_id=d.id)
+        await store.record([DeliveryUpdate(d.id, "delivered", receipt={"n": n})], [rcpt])
+        again = entry("e", Stage.RECEIPT, at + timedelta(seconds=5), delivery_id=d.id)
+        await store.record([DeliveryUpdate(d.id, "delivered", receipt={"n": n + 1})], [again])
+    await store.record([], [], [Cover("e", T1, NOW + timedelta(seconds=12), {"m": 1})])
+    clear = DeliveryRecord("e/clear/1", "e", "b1", "mqtt", 2, purpose="clear")
+    await store.retire("e", "cancelled", [entry("e", Stage.CANCELLED)], [clear])
+    left = entry("e", Stage.DELIVERED, NOW + timedelta(seconds=20), delivery_id=ds[2].id)
+    await store.record([DeliveryUpdate(ds[2].id, "delivered", 3)], [left])
+    failed = entry("e", Stage.FAILED, NOW + timedelta(seconds=21), delivery_id=ds[4].id)
+    await store.record([DeliveryUpdate(ds[4].id, "failed", 1)], [failed])
+    await store.record([DeliveryUpdate(esc.id, "delivered", 1)], [])
+
+
+async def test_the_stores_agree_on_receipts_stops_and_follow_ups(
+    tmp_path: Path, pg_url: str
+) -> None:
+    answers: list[list[StatsFigures]] = []
+    for url in (f"sqlite:///{tmp_path}/s.db", pg_url, MEMORY_URL):
+        async with open_store(url) as s:
+            await ends_scenario(s)
+            start, end = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
+            answers.append([
+                await s.stats(start, end, None, 10),
+                await s.stats(start, end, "500103", 0),
+            ])  # fmt: skip
+    sqlite, postgres, memory = answers
+    totals = sqlite[0].totals
+    assert (totals.delivered, totals.stopped, totals.failures, totals.retries) == (3, 2, 1, 6)
+    assert sqlite[0].by_channel["email"].escalation_deliveries == 1
+    assert postgres == sqlite
+    assert memory == sqlite
+
+
 # -- PostgreSQL only ----------------------------------------------------------------------------
 
 
