@@ -1,12 +1,14 @@
 """The Store protocol (gateway/store/base.py), one suite run against every store: SQLite and
-PostgreSQL (design.md, "Storage and several processes"). PostgreSQL-only: several store
-instances (as several processes would) appending to one database form one chain; the schema
-is versioned and a database that is not upgraded is refused."""
+PostgreSQL (design.md, "Storage and several processes") and the in-memory store
+(gateway/store/memory.py). Durable stores only (`durable_url`): what a store reopened on the
+same database finds. PostgreSQL-only: several store instances (as several processes would)
+appending to one database form one chain; the schema is versioned and a database that is not
+upgraded is refused."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from gateway.exceptions import ConfigError, Unstorable
 from gateway.ledger import LedgerDraft, Stage, verify
-from gateway.store import Store, StoredWarning, open_store, pg_schema
+from gateway.store import MEMORY_URL, Store, StoredWarning, open_store, pg_schema
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StatsFigures
 from tests.store_servers import PgCluster
 
@@ -37,12 +39,24 @@ def entry(wid: str, stage: Stage, at: datetime = NOW, **data: Any) -> LedgerDraf
     return LedgerDraft(wid, stage, at, data)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return MEMORY_URL
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/s.db"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _url(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that a second `open_store` of the same URL finds again."""
+    return _url(request, tmp_path)
 
 
 @pytest.fixture
@@ -227,9 +241,9 @@ async def test_deliveries_by_id_pending_keys_and_durable_follow_ups(store: Store
     assert await store.deployment() == await store.deployment() != ""
 
 
-async def test_record_soon_outcomes_are_durable_across_close(store_url: str) -> None:
+async def test_record_soon_outcomes_are_durable_across_close(durable_url: str) -> None:
     count = 600
-    async with open_store(store_url) as s:
+    async with open_store(durable_url) as s:
         await s.accept(stored("w"), [], [delivery("w", 1)])
         for i in range(count):
             s.record_soon([], [entry("w", Stage.ATTEMPT, i=i)])
@@ -237,7 +251,7 @@ async def test_record_soon_outcomes_are_durable_across_close(store_url: str) -> 
         assert s.lagging()
         await asyncio.wait_for(s.caught_up(), 30)
         assert not s.lagging()
-    async with open_store(store_url) as s:  # closing wrote what was still queued
+    async with open_store(durable_url) as s:  # closing wrote what was still queued
         assert [e.data["i"] for e in await s.entries_for("w")] == list(range(count))
         got = await s.get_delivery("w/sms/1")
         assert got is not None
@@ -245,15 +259,63 @@ async def test_record_soon_outcomes_are_durable_across_close(store_url: str) -> 
         assert await verify(s.ledger()) == count
 
 
-async def test_concurrent_appends_form_one_chain_that_verifies(store_url: str) -> None:
-    async with open_store(store_url) as s:
+async def test_concurrent_appends_form_one_chain_that_verifies(durable_url: str) -> None:
+    async with open_store(durable_url) as s:
         await asyncio.gather(*(s.append([entry(f"w{i}", Stage.RECEIVED, n=i)]) for i in range(200)))
         assert await verify(s.ledger()) == 200
-    async with open_store(store_url) as s:  # the chain continues after a reopen
+    async with open_store(durable_url) as s:  # the chain continues after a reopen
         await s.append([entry("w", Stage.RECEIVED)])
         entries = [e async for e in s.ledger()]
         assert await verify(s.ledger()) == 201
         assert [e.seq for e in entries] == list(range(1, 202))
+
+
+async def test_a_backlog_of_record_soon_lags_then_catches_up_in_order(store: Store) -> None:
+    """What the durable tests above check of one open store, for every store."""
+    count = 600
+    await store.accept(stored("w"), [], [delivery("w", 1)])
+    for i in range(count):
+        store.record_soon([], [entry("w", Stage.ATTEMPT, i=i)])
+    store.record_soon([DeliveryUpdate("w/sms/1", "delivered", 1)], [])
+    assert store.lagging()
+    await asyncio.wait_for(store.caught_up(), 30)
+    assert not store.lagging()
+    await store.append([entry("w", Stage.RECEIVED)])  # queued after them all
+    assert [e.data.get("i") for e in await store.entries_for("w")] == [*range(count), None]
+    got = await store.get_delivery("w/sms/1")
+    assert got is not None
+    assert got.state == "delivered"
+    await asyncio.gather(*(store.append([entry(f"w{i}", Stage.RECEIVED)]) for i in range(200)))
+    assert await verify(store.ledger()) == count + 1 + 200
+
+
+async def test_an_endpoint_stays_disabled_until_enabled(store: Store) -> None:
+    await store.disable_endpoint("partner-1", "HTTP 410 Gone", NOW)
+    await store.disable_endpoint("partner-1", "HTTP 410 again", NOW)
+    assert await store.disabled_endpoints() == {"partner-1": "HTTP 410 again"}
+    assert await store.enable_endpoint("partner-1")
+    assert not await store.enable_endpoint("partner-1")
+    assert await store.disabled_endpoints() == {}
+
+
+async def test_commit_listeners_are_told_of_each_commit_and_one_failing_is_ignored(
+    store: Store,
+) -> None:
+    told: list[list[Stage]] = []
+
+    def listener(entries: Sequence[LedgerDraft]) -> None:
+        told.append([e.stage for e in entries])
+
+    def failing(entries: Sequence[LedgerDraft]) -> None:
+        raise RuntimeError("an observer that fails")
+
+    store.on_commit(failing)
+    store.on_commit(listener)
+    await store.accept(stored("w"), [entry("w", Stage.RECEIVED)])
+    await store.accept(stored("w"), [entry("w", Stage.RECEIVED)])  # a replay commits nothing
+    await store.record([], [entry("w", Stage.ATTEMPT), entry("w", Stage.SENT)])
+    assert told == [[Stage.RECEIVED], [Stage.ATTEMPT, Stage.SENT]]
+    assert len(await store.entries_for("w")) == 3
 
 
 async def test_a_write_that_cannot_be_stored_is_refused_alone(store: Store) -> None:
@@ -278,12 +340,12 @@ async def test_unexpired_warnings_whatever_their_state(store: Store) -> None:
     assert sorted(w.id for w in later) == ["gone", "live", "old"]
 
 
-async def test_disabled_endpoints_stay_until_enabled(store_url: str) -> None:
-    async with open_store(store_url) as s:
+async def test_disabled_endpoints_stay_until_enabled(durable_url: str) -> None:
+    async with open_store(durable_url) as s:
         await s.disable_endpoint("partner-1", "HTTP 410 Gone", NOW)
         await s.disable_endpoint("partner-1", "HTTP 410 again", NOW)
         await s.disable_endpoint("partner-2", "HTTP 410", NOW)
-    async with open_store(store_url) as s:
+    async with open_store(durable_url) as s:
         assert await s.disabled_endpoints() == {
             "partner-1": "HTTP 410 again",
             "partner-2": "HTTP 410",
@@ -325,7 +387,7 @@ async def test_the_stores_give_the_same_figures_for_the_same_writes(
     tmp_path: Path, pg_url: str
 ) -> None:
     answers: list[list[StatsFigures]] = []
-    for url in (f"sqlite:///{tmp_path}/s.db", pg_url):
+    for url in (f"sqlite:///{tmp_path}/s.db", pg_url, MEMORY_URL):
         async with open_store(url) as s:
             await scenario(s)
             start, end = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
@@ -335,11 +397,63 @@ async def test_the_stores_give_the_same_figures_for_the_same_writes(
                 await s.stats(start, end, "500101", 10),
                 await s.stats(end, end + timedelta(days=1), None, 10),
             ])  # fmt: skip
-    sqlite, postgres = answers
+    sqlite, postgres, memory = answers
     assert sqlite[0].totals.delivered == 10
     assert sqlite[0].totals.escalations == 1
     assert sqlite[0].totals.times
     assert postgres == sqlite
+    assert memory == sqlite
+
+
+async def ends_scenario(store: Store) -> None:
+    """Deliveries that fail before any is delivered, end by a receipt (and get another after),
+    stop with their warning or leave while it is cancelled; an escalation delivery and a clear
+    beside them."""
+    ds = [delivery("e", n, ch) for n in range(3) for ch in ("sms", "webhook")]
+    esc = DeliveryRecord("e/escalate-1", "e", "c1", "email", 2, purpose=f"escalation:{T2}")
+    await store.accept(
+        stored("e"), [entry("e", Stage.RECEIVED)], [*ds, esc], [CoverageRow("e", T1)]
+    )
+    for n, d in enumerate(ds[:4]):
+        at = NOW + timedelta(seconds=n + 1)
+        tries = [entry("e", Stage.ATTEMPT, at, delivery_id=d.id) for _ in range(n + 1)]
+        await store.record([DeliveryUpdate(d.id, "sent", n + 1)], [*tries])
+    early = entry("e", Stage.FAILED, NOW + timedelta(seconds=5), delivery_id=ds[3].id)
+    await store.record([DeliveryUpdate(ds[3].id, "failed", 4)], [early])  # before any delivered
+    for n, d in enumerate(ds[:2]):
+        at = NOW + timedelta(seconds=10 + n)
+        rcpt = entry("e", Stage.RECEIPT, at, delivery_id=d.id)
+        await store.record([DeliveryUpdate(d.id, "delivered", receipt={"n": n})], [rcpt])
+        again = entry("e", Stage.RECEIPT, at + timedelta(seconds=5), delivery_id=d.id)
+        await store.record([DeliveryUpdate(d.id, "delivered", receipt={"n": n + 1})], [again])
+    await store.record([], [], [Cover("e", T1, NOW + timedelta(seconds=12), {"m": 1})])
+    clear = DeliveryRecord("e/clear/1", "e", "b1", "mqtt", 2, purpose="clear")
+    await store.retire("e", "cancelled", [entry("e", Stage.CANCELLED)], [clear])
+    left = entry("e", Stage.DELIVERED, NOW + timedelta(seconds=20), delivery_id=ds[2].id)
+    await store.record([DeliveryUpdate(ds[2].id, "delivered", 3)], [left])
+    failed = entry("e", Stage.FAILED, NOW + timedelta(seconds=21), delivery_id=ds[4].id)
+    await store.record([DeliveryUpdate(ds[4].id, "failed", 1)], [failed])
+    await store.record([DeliveryUpdate(esc.id, "delivered", 1)], [])
+
+
+async def test_the_stores_agree_on_receipts_stops_and_follow_ups(
+    tmp_path: Path, pg_url: str
+) -> None:
+    answers: list[list[StatsFigures]] = []
+    for url in (f"sqlite:///{tmp_path}/s.db", pg_url, MEMORY_URL):
+        async with open_store(url) as s:
+            await ends_scenario(s)
+            start, end = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
+            answers.append([
+                await s.stats(start, end, None, 10),
+                await s.stats(start, end, "500103", 0),
+            ])  # fmt: skip
+    sqlite, postgres, memory = answers
+    totals = sqlite[0].totals
+    assert (totals.delivered, totals.stopped, totals.failures, totals.retries) == (3, 2, 1, 6)
+    assert sqlite[0].by_channel["email"].escalation_deliveries == 1
+    assert postgres == sqlite
+    assert memory == sqlite
 
 
 # -- PostgreSQL only ----------------------------------------------------------------------------
