@@ -24,6 +24,8 @@ from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import SAMPLE_BLIND_SPOTS, post_warning
 from tests.helpers import TOKENS, auth
 
+pytestmark = pytest.mark.slow  # a real Chromium: `-m "not slow"` skips these
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -9,11 +9,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import store_switch
 from tests.fanout import SECRET_TV, fanout_config
 from tests.helpers import TOKENS, token_env, warning_body
 from tests.processes import GatewayProcess
 from tests.webhook_receiver import MakeReceiver
+
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
 
 PARTNERS = 60
 CONCURRENCY = 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.coord.control import Control
@@ -20,6 +21,8 @@ from gateway.store import open_store
 from gateway.web.keys import DISPATCHER
 from tests.conftest import GatewayClient, MakeClient
 from tests.test_shared_queue import two_gateways
+
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
 
 WITHIN_S = 30.0
 

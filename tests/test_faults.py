@@ -53,6 +53,8 @@ from tests.mqtt_broker import Mosquitto
 from tests.smtp_server import SmtpServerFactory
 from tests.webhook_receiver import MakeReceiver
 
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
+
 PREFIX = "cq/warnings"
 BACK_WITHIN_S = 5.0
 """design.md: repaired "within seconds" of the broker's return; this test's bound."""

@@ -7,10 +7,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import warning_body
 from tests.processes import GatewayProcess, gateway_cmd, run_gateway
 from tests.store_servers import PgCluster
 from tests.test_store_faults import http, wait_all_delivered
+
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
 
 
 def test_serve_on_postgresql_after_db_upgrade(

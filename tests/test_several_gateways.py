@@ -37,6 +37,8 @@ from tests.store_servers import PgCluster
 from tests.test_faults import PREFIX, retained
 from tests.test_store_faults import http
 
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
+
 CLAIM_IDLE_S = 3.0
 COORDINATION = f"redis: {{claim_idle_s: {CLAIM_IDLE_S}, sweep_s: 1}}"
 WANZHOU_AND_YUZHONG = {"districts": ["500101", "500103"]}

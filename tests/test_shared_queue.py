@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiomqtt
+import pytest
 
 from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import Settings, load_settings
@@ -32,6 +33,8 @@ from tests.fanout import fanout_config
 from tests.helpers import auth, token_env, warning_body
 from tests.mqtt_broker import Mosquitto
 from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
 
 WANZHOU_AND_YUZHONG = {"districts": ["500101", "500103"]}
 

@@ -23,6 +23,8 @@ import pytest
 from tests.helpers import TOKENS, warning_body
 from tests.processes import GatewayProcess, run_gateway
 
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
+
 TMPFS_SIZE = "8m"
 
 

@@ -20,6 +20,8 @@ from gateway.store.base import DeliveryUpdate
 from tests.store_servers import PgCluster
 from tests.test_store_contract import delivery, entry, stored
 
+pytestmark = pytest.mark.slow  # real servers killed and restarted: `-m "not slow"` skips them
+
 INGESTS = 220
 PACE_S = 0.04
 DOWN_S = 6.0
