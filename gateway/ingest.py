@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,25 @@ def body_hash(doc: object) -> str:
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A submission's result: the stored warning (the earlier one for a repeat), the
+    deliveries this submission planned (none for a repeat), and whether it was new."""
+
+    warning: StoredWarning
+    deliveries: Sequence[DeliveryRecord]
+    accepted: bool
+
+    @property
+    def status(self) -> int:
+        """202 Accepted for a new warning, 200 for a repeat (answered as the first time)."""
+        return 202 if self.accepted else 200
+
+    @property
+    def answer(self) -> dict[str, Any]:
+        return self.warning.answer
+
+
 class Ingest:
     """Turns request bodies into accepted warnings; see the module docstring."""
 
@@ -84,8 +104,9 @@ class Ingest:
         self.clock = clock
         self.limits = limits or Limits()
 
-    async def submit(self, raw: bytes, client: Client) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, answer) for a JSON body: 202 when accepted, 200 for a repeat."""
+    async def submit(self, raw: bytes, client: Client) -> Submitted:
+        """What a JSON body came to: accepted (202) or a repeat of a stored one (200). Raises
+        the RequestError of a refusal (written to the ledger first)."""
         received_at = self.clock()
         doc = _json_object(raw)
         digest = body_hash(doc)
@@ -175,7 +196,7 @@ class Ingest:
             return self._replay(result, digest)
         self.metrics.warnings.labels("accepted").inc()
         await self._follow_up(stored, [*deliveries, *escalations], replaced, clears)
-        return 202, answer
+        return Submitted(stored, [*deliveries, *escalations], accepted=True)
 
     def _authorize(
         self, warning: Warning, client: Client, replaced: StoredWarning | None
@@ -242,7 +263,7 @@ class Ingest:
         endpoints = tuple(e for e in routed.endpoints if e.channel == "webhook" or e.id in reached)
         return Plan(routed.townships, endpoints, ())
 
-    def _replay(self, prior: StoredWarning, digest: str) -> tuple[int, dict[str, Any]]:
+    def _replay(self, prior: StoredWarning, digest: str) -> Submitted:
         if prior.body_hash != digest:
             self.metrics.warnings.labels("conflict").inc()
             raise Conflict(
@@ -251,7 +272,7 @@ class Ingest:
                 code="id_conflict",
             )
         self.metrics.warnings.labels("duplicate").inc()
-        return 200, prior.answer
+        return Submitted(prior, (), accepted=False)
 
     async def _replaced(self, warning: Warning, now: datetime) -> StoredWarning | None:
         """The active warning an update or cancel replaces; 404 unknown, 409 no longer active."""

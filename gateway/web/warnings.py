@@ -52,13 +52,13 @@ async def post_warning(request: web.Request) -> web.Response:
         raw = await read_body(request, app[MAX_BODY])
         if ctype == CAP_TYPE:
             raw = cap_as_json(raw, app[MAX_BODY], app[RELEASE_LIST])
-        status, answer = await app[INGEST].submit(raw, client)
+        submitted = await app[INGEST].submit(raw, client)
     except RequestError as exc:
         metrics.warnings.labels(exc.code if exc.status != 403 else "refused").inc()
         raise
     finally:
         metrics.ingest_seconds.observe(time.perf_counter() - started)
-    return json_response(answer, status)
+    return json_response(submitted.answer, submitted.status)
 
 
 def cap_as_json(raw: bytes, limit: int, release_list: ReleaseList) -> bytes:
