@@ -43,6 +43,7 @@ from gateway.web.guard import AUTH
 from gateway.web.keys import (
     BODY_TIMEOUT,
     BOOK,
+    CLOCK,
     DISPATCHER,
     INGEST,
     MAX_BODY,
@@ -100,6 +101,7 @@ def build_app(
     app[MAX_BODY] = settings.max_body_bytes
     app[BODY_TIMEOUT] = settings.http.body_timeout_s
     app[REGISTRY] = registry
+    app[CLOCK] = clock
     app[RELEASE_LIST] = release_list
     app[BOOK] = book
     add_console(app, clock)

@@ -7,6 +7,7 @@ authenticator's key and the request's client are in `gateway.web.guard`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from aiohttp import web
 
@@ -32,5 +33,7 @@ RECEIPTS = web.AppKey("receipts", ReceiptDesk)
 TRACKER = web.AppKey("tracker", CoverageTracker)
 RELEASE_LIST = web.AppKey("release_list", ReleaseList)
 PUBLIC_METRICS = web.AppKey("public_metrics", bool)
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+"""The gateway's injected clock (UTC): what a request's "now" is."""
 QUEUE_PING: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("queue_ping")
 """Raises unless the shared queue (Redis) answers; set only with several gateways."""

@@ -11,8 +11,6 @@ AppKeys both modules read are in `gateway.web.keys`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
 from gateway.clients import Scope
@@ -22,7 +20,7 @@ from gateway.reports.filing import filing_form, filing_html
 from gateway.reports.stats_answer import load_report
 from gateway.reports.stats_query import parse_query
 from gateway.web.guard import read_response, requires
-from gateway.web.keys import REGISTRY, STORE
+from gateway.web.keys import CLOCK, REGISTRY, STORE
 
 HTML = "text/html"
 JSON = "application/json"
@@ -64,7 +62,8 @@ async def get_filing(request: web.Request) -> web.StreamResponse:
     stored = await store.get_warning(wid)
     if stored is None:
         raise NotFound(f"no warning {wid}")
-    form = mask(filing_form(stored, await store.deliveries_for(wid)))
+    now = request.app[CLOCK]()
+    form = mask(filing_form(stored, await store.deliveries_for(wid), now=now))
     if prefers_html(request.headers.get("Accept")):
         response = web.Response(text=filing_html(form), content_type=HTML, charset="utf-8")
     else:
@@ -76,7 +75,7 @@ async def get_filing(request: web.Request) -> web.StreamResponse:
 @requires(Scope.READ)
 async def get_stats(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
-    query = parse_query(request.query, datetime.now(UTC), registry)
+    query = parse_query(request.query, request.app[CLOCK](), registry)
     return read_response(await load_report(request.app[STORE], query, registry))
 
 
