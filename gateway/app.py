@@ -27,11 +27,12 @@ from gateway.coverage import CoverageTracker
 from gateway.dispatcher import ChannelRuntime, Dispatcher
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import ConfigError
-from gateway.flow import CircuitBreaker, Pacer, RateLimiter
 from gateway.ingest import Clock, Ingest, utc_now
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from gateway.policies.authority import AuthorityPolicy
+from gateway.policies.breaker import CircuitBreaker
+from gateway.policies.rate import Pacer, RateLimiter
 from gateway.receipts import ReceiptDesk
 from gateway.reconcile import Reconciler
 from gateway.redis_link import RedisLink

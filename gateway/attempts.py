@@ -15,9 +15,9 @@ from typing import Any
 from gateway.channels.base import Message
 from gateway.dispatch_types import ChannelRuntime
 from gateway.exceptions import DeliveryError, EndpointGone, TransientDeliveryError
-from gateway.flow import CircuitBreaker
 from gateway.jobs import CLEAR, Job, clear, deadline
 from gateway.outcomes import Outcomes
+from gateway.policies.breaker import CircuitBreaker
 from gateway.store import Store
 from gateway.values import Endpoint
 from gateway.waitroom import WaitRoom

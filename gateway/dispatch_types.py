@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.channels.base import Channel
-from gateway.flow import DEFAULT_PER_ENDPOINT, Pacer
+from gateway.flow import DEFAULT_PER_ENDPOINT
+from gateway.policies.rate import Pacer
 from gateway.policies.retry import RetryPolicy
 from gateway.store.base import DeliveryRecord
 

@@ -38,10 +38,11 @@ from gateway.attempts import Attempts
 from gateway.coverage import escalation_notice
 from gateway.dispatch_types import ChannelRuntime, Relay
 from gateway.endpoints import EndpointBook
-from gateway.flow import CircuitBreaker, EndpointSlots, LeadGate
+from gateway.flow import EndpointSlots, LeadGate
 from gateway.jobs import AFTER_END, EXPIRED, Job, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.outcomes import Outcomes
+from gateway.policies.breaker import CircuitBreaker
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord
 from gateway.townships import Registry

@@ -14,7 +14,9 @@ from gateway.channels.base import Channel, Message, Outcome, RecordingChannel
 from gateway.config import load_settings
 from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.exceptions import TransientDeliveryError
-from gateway.flow import CircuitBreaker, LeadGate, RateLimiter
+from gateway.flow import LeadGate
+from gateway.policies.breaker import CircuitBreaker
+from gateway.policies.rate import RateLimiter
 from gateway.policies.retry import LAST_TRY_S, RetryPolicy
 from tests.conftest import MakeClient
 from tests.fanout import fanout_config, ledger, post_warning, settled

@@ -36,7 +36,7 @@ from gateway.channels.base import Channel, Message, Outcome
 from gateway.config import load_settings
 from gateway.drill.samples import red_rainstorm_wanzhou
 from gateway.exceptions import TransientDeliveryError
-from gateway.flow import RateLimiter
+from gateway.policies.rate import RateLimiter
 from tests.conftest import GatewayClient, MakeClient
 from tests.fanout import (
     FAST_RETRY,

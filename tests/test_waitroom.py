@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.flow import CircuitBreaker, EndpointSlots
+from gateway.flow import EndpointSlots
+from gateway.policies.breaker import CircuitBreaker
 from gateway.waitroom import WaitRoom
 
 PROBE_S = 2.0

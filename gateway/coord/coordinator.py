@@ -21,9 +21,9 @@ from redis.exceptions import RedisError
 from gateway.coord.control import Control
 from gateway.coverage import CoverageTracker
 from gateway.dispatcher import Dispatcher
-from gateway.flow import CircuitBreaker
 from gateway.ledger import LedgerDraft, Stage
 from gateway.lifecycle import Lifecycle
+from gateway.policies.breaker import CircuitBreaker
 from gateway.redis_link import stop_tasks
 from gateway.store import Store
 from gateway.store.base import StoredWarning, WarningState

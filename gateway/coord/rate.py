@@ -11,7 +11,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from gateway.flow import RateLimiter
+from gateway.policies.rate import RateLimiter
 from gateway.redis_link import RedisLink
 
 log = logging.getLogger("gateway.coord")
