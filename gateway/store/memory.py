@@ -22,8 +22,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
 from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, canonical_json, entry_hash, timestamp
 from gateway.store import memory_stats
@@ -32,12 +30,12 @@ from gateway.store.base import (
     CoverageRow,
     DeliveryRecord,
     DeliveryState,
-    StatsFigures,
     StoredWarning,
     WarningState,
 )
 from gateway.store.memory_tables import Tables
 from gateway.store.rows import Write, WriteResult
+from gateway.store.tallies import StatsFigures
 from gateway.store.write_queue import MAX_BATCH, WriteQueue
 from gateway.text import printable
 
@@ -56,16 +54,10 @@ class MemoryStore(WriteQueue):
         self._t = Tables()
         self._name = f"memory-{uuid.uuid4().hex}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="memory-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer

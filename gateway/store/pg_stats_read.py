@@ -4,14 +4,12 @@ statistics come back as one sorted array per group."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from gateway.store.base import TIME_FIGURES, ChannelTally, StatsFigures, Tally, WarningTally
-from gateway.store.sqlite_stats_read import _spread, _tally
+from gateway.store.stats_rows import channel_tally, spread, tally, warning_tally
+from gateway.store.tallies import TIME_FIGURES, ChannelTally, StatsFigures, Tally, WarningTally
 
 _SUMMED = ("planned", "delivered", "failures", '"open"', "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
@@ -84,10 +82,10 @@ async def read(
         ),
     ):
         for r in await _rows(conn, w + sql, args):
-            tallies[kind][r[0]] = _tally([int(v or 0) for v in r[1:10]])
+            tallies[kind][r[0]] = tally(r[1:10])
     spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
     for kind, grp, fig, values in await _rows(conn, spreads, args):
-        tallies[kind][grp].times[fig] = _spread([int(x) for x in values])
+        tallies[kind][grp].times[fig] = spread([int(x) for x in values])
     found = list(reversed(await _rows(conn, w + _LISTED, args)))
     return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
 
@@ -97,49 +95,10 @@ async def _rows(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
     return list(await cur.fetchall())
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 async def _listed(conn: AsyncConnection[Any], found: list[Any]) -> list[WarningTally]:
     """The warnings of `found` (`_LISTED` rows) with their channels."""
     channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
     if found:
         for r in await _rows(conn, _CHANNELS, ([r[0] for r in found],)):
-            planned, delivered, failures, open_, stopped, retries, esc = map(int, r[2:9])
-            channels[r[0]][r[1]] = ChannelTally(
-                planned=planned,
-                delivered=delivered,
-                failures=failures,
-                open=open_,
-                stopped=stopped,
-                retries=retries,
-                escalation_deliveries=esc,
-                first_delivery_us=_int(r[9]),
-                last_delivery_us=_int(r[10]),
-            )
-    out = []
-    for r in found:
-        planned, delivered, failures, open_, stopped, retries, escalations = map(int, r[6:13])
-        out.append(
-            WarningTally(
-                warning_id=r[0],
-                received_at=datetime.fromisoformat(r[1]),
-                level=r[2],
-                hazard=r[3],
-                msg_type=r[4],
-                districts=json.loads(r[5]),
-                planned=planned,
-                delivered=delivered,
-                failures=failures,
-                open=open_,
-                stopped=stopped,
-                retries=retries,
-                escalations=escalations,
-                first_delivery_us=_int(r[13]),
-                last_delivery_us=_int(r[14]),
-                full_coverage_us=_int(r[15]),
-                channels=channels[r[0]],
-            )
-        )
-    return out
+            channels[r[0]][r[1]] = channel_tally(r[2:])
+    return [warning_tally(r, channels[r[0]]) for r in found]

@@ -21,21 +21,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import pg_schema, pg_stats_read
-from gateway.store.base import (
-    CommitListener,
-    CoverageRow,
-    DeliveryRecord,
-    StatsFigures,
-    StoredWarning,
-)
+from gateway.store.base import CommitListener, CoverageRow, DeliveryRecord, StoredWarning
 from gateway.store.pg_rows import (
     COVERAGE_COLUMNS,
     DELIVERY_COLUMNS,
@@ -49,6 +42,7 @@ from gateway.store.pg_rows import (
 from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
 from gateway.store.pg_writer import GroupCommit, environmental
 from gateway.store.rows import Write, prepare
+from gateway.store.tallies import StatsFigures
 from gateway.store.write_queue import WriteQueue
 from gateway.text import printable
 
@@ -88,7 +82,7 @@ class PostgresStore(WriteQueue):
         self._queue = self._commits.queue
         self._writer: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         try:
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
             async with self._pool.connection() as conn:
@@ -100,14 +94,8 @@ class PostgresStore(WriteQueue):
             await self._pool.close()
             raise
         self._writer = asyncio.create_task(self._commits.run(), name="pg-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
@@ -73,21 +72,15 @@ class SqliteStore(WriteQueue, SqliteReads):
         self._hash = GENESIS
         self._listeners: list[CommitListener] = []
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._in_thread(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await self._r.execute(pragma)
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer

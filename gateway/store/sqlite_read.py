@@ -14,8 +14,9 @@ import aiosqlite
 
 from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import sqlite_stats_read
-from gateway.store.base import CoverageRow, DeliveryRecord, StatsFigures, StoredWarning
+from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from gateway.store.sqlite_schema import WARNING_COLUMNS, to_delivery, to_entry, to_warning
+from gateway.store.tallies import StatsFigures
 
 _IDS_PER_QUERY = 500
 """Bound parameters per query, well below SQLite's limit."""

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, timestamp
+from gateway.service import Service
 from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
 from gateway.store.rows import Write, WriteResult, prepare, scrubbed
 
@@ -26,7 +27,7 @@ MAX_BACKLOG = 2 * MAX_BATCH
 """Queued writes beyond which producers of outcomes are asked to wait (`lagging`)."""
 
 
-class WriteQueue:
+class WriteQueue(Service):
     """accept, retire, append, record, record_soon, escalate, lagging, caught_up of the Store
     protocol, over the store's queue of writes."""
 
