@@ -23,7 +23,7 @@ from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerDraft
 from gateway.store import pg_write
 from gateway.store.rows import Write, WriteResult
-from gateway.store.write_queue import MAX_BATCH
+from gateway.store.write_queue import notify, resolve, take_batch
 
 log = logging.getLogger("gateway.store")
 
@@ -57,23 +57,8 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            batch: list[Write] = []
             wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
-            try:
-                first = await asyncio.wait_for(self.queue.get(), wait)
-            except TimeoutError:  # time to retry the kept outcomes
-                pass
-            else:
-                if first is None:
-                    stopping = True
-                else:
-                    batch.append(first)
-            while len(batch) < MAX_BATCH and not self.queue.empty():
-                item = self.queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            batch, stopping = await take_batch(self.queue, wait)  # [] when retries are due
             if self._retry and (loop.time() >= self._retry_at or stopping):
                 await self._settle_doubts()
                 if self._doubt:  # a kept outcome may have landed: none is retried yet
@@ -103,19 +88,8 @@ class GroupCommit:
             log.info("the store writes again")
         self._backoff = 0.0
         for w, r in zip(batch, results, strict=True):
-            if w.done is not None and not w.done.done():
-                w.done.set_result(r)
-            if w.then is not None:
-                try:
-                    w.then()
-                except Exception:  # a caller's follow-up must never fail the writer
-                    log.exception("the follow-up of a write failed")
-        committed = [e for entries in entries_of for e in entries]
-        for listener in self.listeners if committed else ():
-            try:
-                listener(committed)
-            except Exception:  # an observer must never fail the writer
-                log.exception("a commit listener failed")
+            resolve(w, r)
+        notify(self.listeners, [e for entries in entries_of for e in entries])
 
     async def _commit(
         self, batch: list[Write]

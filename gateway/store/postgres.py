@@ -96,9 +96,7 @@ class PostgresStore(WriteQueue):
         self._writer = asyncio.create_task(self._commits.run(), name="pg-writer")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+        await self._stop_writer()
         await self._pool.close()
 
     # -- writes ------------------------------------------------------------------------------

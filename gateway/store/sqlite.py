@@ -29,15 +29,15 @@ from typing import TypeVar
 import aiosqlite
 
 from gateway.exceptions import StoreUnavailable
-from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
+from gateway.ledger import GENESIS, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
 )
-from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
+from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_read import SqliteReads
 from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
-from gateway.store.write_queue import MAX_BATCH, WriteQueue
+from gateway.store.write_queue import WriteQueue, notify, resolve, take_batch
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
@@ -81,9 +81,7 @@ class SqliteStore(WriteQueue, SqliteReads):
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+        await self._stop_writer()
         if self._r is not None:
             await self._r.close()
         if self._w is not None:
@@ -109,13 +107,6 @@ class SqliteStore(WriteQueue, SqliteReads):
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def _notify(self, committed: list[LedgerDraft]) -> None:
-        for listener in self._listeners:
-            try:
-                listener(committed)
-            except Exception:  # an observer must never fail the writer
-                log.exception("a commit listener failed")
-
     def _batch_done(self) -> asyncio.Event:
         return self._committed
 
@@ -123,23 +114,8 @@ class SqliteStore(WriteQueue, SqliteReads):
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            batch: list[Write] = []
             wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), wait)
-            except TimeoutError:  # time to retry the kept outcomes
-                pass
-            else:
-                if first is None:
-                    stopping = True
-                else:
-                    batch.append(first)
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            batch, stopping = await take_batch(self._queue, wait)  # [] when retries are due
             if self._retry and (loop.time() >= self._retry_at or stopping):
                 # Outcomes no one waits for, kept since their write failed: they go first.
                 batch = [*self._retry.values(), *(w for w in batch if id(w) not in self._retry)]
@@ -166,7 +142,7 @@ class SqliteStore(WriteQueue, SqliteReads):
             return
         self._healthy()
         for w, r in zip(batch, results, strict=True):
-            _resolve(w, r)
+            resolve(w, r)
 
     async def _commit_alone(self, w: Write) -> None:
         try:
@@ -175,7 +151,7 @@ class SqliteStore(WriteQueue, SqliteReads):
             self._failed(w, exc)
             return
         self._healthy()
-        _resolve(w, result)
+        resolve(w, result)
 
     def _failed(self, w: Write, exc: Exception) -> None:
         """A write that could not commit: its caller gets StoreUnavailable (503) when the
@@ -224,26 +200,11 @@ class SqliteStore(WriteQueue, SqliteReads):
         results = [result for result, _ in added]
         seq, prev = self._seq, self._hash
         tally = sqlite_stats.LedgerTally()
-        committed: list[LedgerDraft] = []
-        for draft, data in (
-            pair
-            for w, (_, entries) in zip(batch, added, strict=True)
-            if entries
-            for pair in zip(entries, ledger_data(w), strict=True)
-        ):
-            seq += 1
-            at = timestamp(draft.at)
-            stage = draft.stage.value
-            digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
-            rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
-            tally.add(draft)
-            committed.append(draft)
-            prev = digest
+        seq, prev = rows.chain(batch, added, (seq, prev), tally)
         statements = [*rows.statements(), *tally.statements()]
         await self._in_thread(functools.partial(self._execute, statements))
         self._seq, self._hash = seq, prev
-        if committed:
-            self._notify(committed)
+        notify(self._listeners, [e for _, entries in added for e in entries])
         return results
 
     def _known(self, need: Needs) -> Known:
@@ -316,14 +277,3 @@ class SqliteStore(WriteQueue, SqliteReads):
         """One durable write (on the writer thread): what /healthz reports."""
         stamp = timestamp(datetime.now(UTC))
         self._execute([("INSERT OR REPLACE INTO probe VALUES (1, ?)", [(stamp,)])])
-
-
-def _resolve(w: Write, result: WriteResult) -> None:
-    """`w` is durable: tell whoever waits for it."""
-    if w.done is not None and not w.done.done():
-        w.done.set_result(result)
-    if w.then is not None:
-        try:
-            w.then()
-        except Exception:  # a caller's follow-up must never fail the writer
-            log.exception("the follow-up of a write failed")

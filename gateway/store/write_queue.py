@@ -16,7 +16,14 @@ from datetime import datetime
 from gateway.exceptions import Unstorable
 from gateway.ledger import LedgerDraft, timestamp
 from gateway.service import Service
-from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StoredWarning
+from gateway.store.base import (
+    CommitListener,
+    Cover,
+    CoverageRow,
+    DeliveryRecord,
+    DeliveryUpdate,
+    StoredWarning,
+)
 from gateway.store.rows import Write, WriteResult, prepare, scrubbed
 
 log = logging.getLogger("gateway.store")
@@ -130,9 +137,56 @@ class WriteQueue(Service):
         if self._writer is None or self._writer.done():
             raise RuntimeError("the store is not open")
 
+    async def _stop_writer(self) -> None:
+        """Let the writer commit what is queued, then end it."""
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+
     async def _submit(self, write: Write) -> WriteResult:
         self._check_open()
         self._prepare(write)  # raises to this caller alone
         write.done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(write)
         return await write.done
+
+
+async def take_batch(
+    queue: asyncio.Queue[Write | None], wait: float | None
+) -> tuple[list[Write], bool]:
+    """The next batch of `queue` (at most MAX_BATCH, the first awaited up to `wait` seconds,
+    forever when None; empty when none came) and whether the writer is told to stop."""
+    batch: list[Write] = []
+    try:
+        first = await asyncio.wait_for(queue.get(), wait)
+    except TimeoutError:
+        return batch, False
+    if first is None:
+        return batch, True
+    batch.append(first)
+    while len(batch) < MAX_BATCH and not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
+def resolve(w: Write, result: WriteResult) -> None:
+    """`w` is committed: tell whoever waits for it."""
+    if w.done is not None and not w.done.done():
+        w.done.set_result(result)
+    if w.then is not None:
+        try:
+            w.then()
+        except Exception:  # a caller's follow-up must never fail the writer
+            log.exception("the follow-up of a write failed")
+
+
+def notify(listeners: Sequence[CommitListener], committed: Sequence[LedgerDraft]) -> None:
+    """Tell the listeners of the entries of a commit, if it had any."""
+    for listener in listeners if committed else ():
+        try:
+            listener(committed)
+        except Exception:  # an observer must never fail the writer
+            log.exception("a commit listener failed")
