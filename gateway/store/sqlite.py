@@ -37,15 +37,11 @@ from gateway.store.base import (
 from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_read import SqliteReads
 from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
-from gateway.store.write_queue import WriteQueue, notify, resolve, take_batch
+from gateway.store.write_queue import Kept, WriteQueue, notify, resolve, take_batch
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
-
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 5.0
-"""Backoff bounds of kept outcomes while the store cannot write (a full disk, say)."""
 
 
 def _environmental(exc: BaseException) -> bool:
@@ -59,10 +55,7 @@ class SqliteStore(WriteQueue, SqliteReads):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
-        # Outcomes whose write failed, kept (by identity) until they commit.
-        self._retry: dict[int, Write] = {}
-        self._retry_at = 0.0
-        self._backoff = 0.0
+        self._kept = Kept()
         self._writer: asyncio.Task[None] | None = None
         self._committed = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -114,12 +107,9 @@ class SqliteStore(WriteQueue, SqliteReads):
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
-            batch, stopping = await take_batch(self._queue, wait)  # [] when retries are due
-            if self._retry and (loop.time() >= self._retry_at or stopping):
-                # Outcomes no one waits for, kept since their write failed: they go first.
-                batch = [*self._retry.values(), *(w for w in batch if id(w) not in self._retry)]
-                self._retry = {}
+            batch, stopping = await take_batch(self._queue, self._kept.wait(loop.time()))
+            if self._kept.due(loop.time(), stopping):
+                batch = self._kept.first(batch)
             if batch:
                 await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(
                     batch[0]
@@ -140,7 +130,7 @@ class SqliteStore(WriteQueue, SqliteReads):
             for w in batch:
                 await self._commit_alone(w)
             return
-        self._healthy()
+        self._kept.healthy()
         for w, r in zip(batch, results, strict=True):
             resolve(w, r)
 
@@ -150,44 +140,11 @@ class SqliteStore(WriteQueue, SqliteReads):
         except Exception as exc:  # the caller learns of it; the writer carries on
             self._failed(w, exc)
             return
-        self._healthy()
+        self._kept.healthy()
         resolve(w, result)
 
     def _failed(self, w: Write, exc: Exception) -> None:
-        """A write that could not commit: its caller gets StoreUnavailable (503) when the
-        store itself failed; one no one waits for (`record_soon`) is kept and retried, with
-        backoff, until it commits: an outcome is never forgotten before it is durable."""
-        environmental = _environmental(exc)
-        if w.done is None:
-            if environmental:
-                self._retry[id(w)] = w
-                self._backoff = (
-                    min(RETRY_MAX_S, self._backoff * 2) if self._backoff else RETRY_MIN_S
-                )
-                self._retry_at = asyncio.get_running_loop().time() + self._backoff
-                log.error(
-                    "the store cannot write (%s); %d outcomes kept, retried in %.1fs",
-                    exc,
-                    len(self._retry),
-                    self._backoff,
-                )
-            else:
-                log.error("an outcome cannot be stored (%s); it resumes on restart", exc)
-            return
-        if environmental:
-            log.error("the store cannot write: %s", exc)
-            error: Exception = StoreUnavailable(f"the store cannot write: {exc}")
-            error.__cause__ = exc
-        else:
-            log.error("a store write failed", exc_info=exc)
-            error = exc
-        if not w.done.done():
-            w.done.set_exception(error)
-
-    def _healthy(self) -> None:
-        if self._backoff:
-            log.info("the store writes again")
-        self._backoff = 0.0
+        self._kept.failed(w, exc, _environmental(exc))
 
     async def _commit(self, batch: list[Write]) -> list[WriteResult]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
