@@ -8,8 +8,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from gateway.store.stats_rows import channel_tally, spread, tally, warning_tally
-from gateway.store.tallies import TIME_FIGURES, ChannelTally, StatsFigures, Tally, WarningTally
+from gateway.store.stats_rows import figures
+from gateway.store.tallies import TIME_FIGURES, StatsFigures
 
 _SUMMED = ("planned", "delivered", "failures", '"open"', "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
@@ -67,8 +67,7 @@ async def read(
     wd = f"w JOIN stats_district AS d ON d.warning_id = w.warning_id{own}"
     wc = "w JOIN stats_channel AS c ON c.warning_id = w.warning_id"
     w = f"WITH w AS ({inrange}) "
-    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
-    for kind, sql in (
+    sums = (
         ("t", f"SELECT '', count(*), {_SUMS.format(t='w')}, sum(w.escalations), 0 FROM w"),
         (
             "d",
@@ -80,14 +79,17 @@ async def read(
             f"SELECT c.channel, count(*) FILTER (WHERE c.planned > 0), {_SUMS.format(t='c')}, "
             f"0, sum(c.escalation_deliveries) FROM {wc} GROUP BY c.channel",
         ),
-    ):
-        for r in await _rows(conn, w + sql, args):
-            tallies[kind][r[0]] = tally(r[1:10])
-    spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
-    for kind, grp, fig, values in await _rows(conn, spreads, args):
-        tallies[kind][grp].times[fig] = spread([int(x) for x in values])
-    found = list(reversed(await _rows(conn, w + _LISTED, args)))
-    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
+    )
+
+    async def query(sql: str) -> list[Any]:
+        return await _rows(conn, w + sql, args)
+
+    spreads = "," + _SPREADS.format(wd=wd, wc=wc)
+
+    async def channels_of(ids: list[str]) -> list[Any]:
+        return await _rows(conn, _CHANNELS, (ids,))
+
+    return await figures(query, sums, spreads, _LISTED, _values, channels_of)
 
 
 async def _rows(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
@@ -95,10 +97,5 @@ async def _rows(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
     return list(await cur.fetchall())
 
 
-async def _listed(conn: AsyncConnection[Any], found: list[Any]) -> list[WarningTally]:
-    """The warnings of `found` (`_LISTED` rows) with their channels."""
-    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
-    if found:
-        for r in await _rows(conn, _CHANNELS, ([r[0] for r in found],)):
-            channels[r[0]][r[1]] = channel_tally(r[2:])
-    return [warning_tally(r, channels[r[0]]) for r in found]
+def _values(xs: list[Any]) -> list[int]:
+    return [int(x) for x in xs]  # sorted by array_agg

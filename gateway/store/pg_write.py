@@ -23,7 +23,8 @@ from psycopg import AsyncConnection, AsyncCursor
 
 from gateway.ledger import LedgerDraft
 from gateway.store.base import DeliveryState
-from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
+from gateway.store.pg_rows import WARNING_COLUMNS
+from gateway.store.records import to_warning
 from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_stats import LedgerTally
 

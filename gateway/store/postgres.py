@@ -34,13 +34,10 @@ from gateway.store.pg_rows import (
     DELIVERY_COLUMNS,
     LEDGER_COLUMNS,
     WARNING_COLUMNS,
-    to_coverage,
-    to_delivery,
-    to_entry,
-    to_warning,
 )
 from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
 from gateway.store.pg_writer import GroupCommit, environmental
+from gateway.store.records import to_coverage, to_delivery, to_entry, to_warning
 from gateway.store.rows import Write, prepare
 from gateway.store.tallies import StatsFigures
 from gateway.store.write_queue import WriteQueue

@@ -34,9 +34,10 @@ from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
 )
+from gateway.store.records import to_warning
 from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_read import SqliteReads
-from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
+from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS
 from gateway.store.write_queue import Kept, WriteQueue, notify, resolve, take_batch
 from gateway.text import printable
 

@@ -6,7 +6,6 @@ committed. `SqliteStore` opens it as `_r` and inherits these methods of the `Sto
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -15,7 +14,8 @@ import aiosqlite
 from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import sqlite_stats_read
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
-from gateway.store.sqlite_schema import WARNING_COLUMNS, to_delivery, to_entry, to_warning
+from gateway.store.records import to_coverage, to_delivery, to_entry, to_warning
+from gateway.store.sqlite_schema import WARNING_COLUMNS
 from gateway.store.tallies import StatsFigures
 
 _IDS_PER_QUERY = 500
@@ -93,10 +93,7 @@ class SqliteReads:
         sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
         async with self._r.execute(sql, (warning_id,)) as cur:
             rows = await cur.fetchall()
-        return [
-            CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
-            for r in rows
-        ]
+        return [to_coverage(r) for r in rows]
 
     async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
         assert self._r is not None

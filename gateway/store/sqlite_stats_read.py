@@ -13,8 +13,8 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.stats_rows import channel_tally, spread, tally, warning_tally
-from gateway.store.tallies import TIME_FIGURES, ChannelTally, StatsFigures, Tally, WarningTally
+from gateway.store.stats_rows import figures
+from gateway.store.tallies import TIME_FIGURES, StatsFigures
 
 _SUMMED = ("planned", "delivered", "failures", "open", "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
@@ -72,8 +72,7 @@ async def read(
     wd = f"w JOIN stats_district AS d ON d.warning_id = w.warning_id{own}"
     wc = "w JOIN stats_channel AS c ON c.warning_id = w.warning_id"
     w = f"WITH w AS ({inrange}) "
-    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
-    for kind, sql in (
+    sums = (
         ("t", f"SELECT '', count(*), {_SUMS.format(t='w')}, sum(w.escalations), 0 FROM w"),
         (
             "d",
@@ -85,14 +84,17 @@ async def read(
             f"SELECT c.channel, sum(c.planned > 0), {_SUMS.format(t='c')}, 0, "
             f"sum(c.escalation_deliveries) FROM {wc} GROUP BY c.channel",
         ),
-    ):
-        for r in await _rows(conn, w + sql, args):
-            tallies[kind][r[0]] = tally(r[1:10])
-    spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
-    for kind, grp, fig, values in await _rows(conn, spreads, args):
-        tallies[kind][grp].times[fig] = spread(sorted(map(int, values.split(","))))
-    found = list(reversed(await _rows(conn, w + _LISTED, args)))
-    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
+    )
+
+    async def query(sql: str) -> list[Any]:
+        return await _rows(conn, w + sql, args)
+
+    spreads = "," + _SPREADS.format(wd=wd, wc=wc)
+
+    async def channels_of(ids: list[str]) -> list[Any]:
+        return await _rows(conn, _CHANNELS.format(marks=",".join("?" * len(ids))), ids)
+
+    return await figures(query, sums, spreads, _LISTED, _values, channels_of)
 
 
 async def _rows(conn: aiosqlite.Connection, sql: str, params: Any) -> list[Any]:
@@ -100,11 +102,5 @@ async def _rows(conn: aiosqlite.Connection, sql: str, params: Any) -> list[Any]:
         return list(await cur.fetchall())
 
 
-async def _listed(conn: aiosqlite.Connection, found: list[Any]) -> list[WarningTally]:
-    """The warnings of `found` (`_LISTED` rows) with their channels."""
-    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
-    if found:
-        sql = _CHANNELS.format(marks=",".join("?" * len(found)))
-        for r in await _rows(conn, sql, [r[0] for r in found]):
-            channels[r[0]][r[1]] = channel_tally(r[2:])
-    return [warning_tally(r, channels[r[0]]) for r in found]
+def _values(xs: str) -> list[int]:
+    return sorted(map(int, xs.split(",")))

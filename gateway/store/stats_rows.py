@@ -5,11 +5,40 @@ in the same order, and these build the same figures from them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.store.tallies import COUNTS, ChannelTally, Spread, Tally, WarningTally
+from gateway.store.tallies import COUNTS, ChannelTally, Spread, StatsFigures, Tally, WarningTally
+
+Query = Callable[[str], Awaitable[list[Any]]]
+"""The rows of one statement of a read, run with that read's arguments."""
+
+
+async def figures(
+    query: Query,
+    sums: Sequence[tuple[str, str]],
+    spreads: str,
+    listed: str,
+    values: Callable[[Any], list[int]],
+    channels_of: Callable[[list[str]], Awaitable[list[Any]]],
+) -> StatsFigures:
+    """`Store.stats` from a dialect's statements: `sums` gives (kind, statement) of the `tally`
+    rows of the totals ("t"), districts ("d") and channels ("c"); `spreads` the rows (kind,
+    group, figure, the values that `values` turns into a sorted list); `listed` the
+    `warning_tally` rows, newest first; `channels_of` the rows of those warnings' channels."""
+    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
+    for kind, sql in sums:
+        for r in await query(sql):
+            tallies[kind][r[0]] = tally(r[1:10])
+    for kind, grp, fig, xs in await query(spreads):
+        tallies[kind][grp].times[fig] = spread(values(xs))
+    found = list(reversed(await query(listed)))
+    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
+    for r in await channels_of([r[0] for r in found]) if found else ():
+        channels[r[0]][r[1]] = channel_tally(r[2:])
+    listed_tallies = [warning_tally(r, channels[r[0]]) for r in found]
+    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], listed_tallies)
 
 
 def spread(xs: list[int]) -> Spread:
