@@ -37,7 +37,7 @@ from gateway.store.pg_rows import (
 )
 from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
 from gateway.store.pg_writer import GroupCommit, environmental
-from gateway.store.records import to_coverage, to_delivery, to_entry, to_warning
+from gateway.store.records import ledger_pages, to_coverage, to_delivery, to_entry, to_warning
 from gateway.store.rows import Write, prepare
 from gateway.store.tallies import StatsFigures
 from gateway.store.write_queue import WriteQueue
@@ -51,7 +51,6 @@ POOL_TIMEOUT_S = 2.0
 RECONNECT_S = 2.0
 """How long the pool retries a lost connection (with its backoff) before the next caller's
 demand starts afresh: a short bound keeps the backoff from outgrowing an outage."""
-LEDGER_PAGE = 1000
 
 
 def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:
@@ -142,15 +141,9 @@ class PostgresStore(WriteQueue):
 
     async def ledger(self) -> AsyncIterator[LedgerEntry]:
         """Every entry in order, read page by page."""
-        after = 0
         sql = f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s"
-        while True:
-            rows = await self._rows(sql, (after, LEDGER_PAGE))
-            for row in rows:
-                yield to_entry(row)
-            if len(rows) < LEDGER_PAGE:
-                return
-            after = int(rows[-1][0])
+        async for entry in ledger_pages(lambda after, n: self._rows(sql, (after, n))):
+            yield entry
 
     async def unfinished(self) -> list[DeliveryRecord]:
         return await self._deliveries("state = 'pending' ORDER BY level, n", ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,9 @@ from gateway.ledger import LedgerEntry
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 
 Row = Sequence[Any] | sqlite3.Row
+
+LEDGER_PAGE = 1000
+"""Ledger entries read at a time by `Store.ledger`."""
 
 
 def to_warning(row: Row) -> StoredWarning:
@@ -49,3 +52,18 @@ def to_entry(row: Row) -> LedgerEntry:
 
 def to_coverage(r: Row) -> CoverageRow:
     return CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
+
+
+async def ledger_pages(
+    page: Callable[[int, int], Awaitable[Sequence[Row]]],
+) -> AsyncIterator[LedgerEntry]:
+    """Every ledger entry in order, read through `page(after, n)`: the ledger rows of seq
+    above `after`, in order, at most n (LEDGER_PAGE)."""
+    after = 0
+    while True:
+        rows = await page(after, LEDGER_PAGE)
+        for row in rows:
+            yield to_entry(row)
+        if len(rows) < LEDGER_PAGE:
+            return
+        after = int(rows[-1][0])
