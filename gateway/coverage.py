@@ -14,11 +14,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from gateway.endpoints import EndpointBook
 from gateway.ledger import LedgerDraft, Stage
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
 from gateway.timers import Sleep, Timers
@@ -59,7 +59,7 @@ def escalation_notice(notice: Notice, townships: Sequence[str], names: Registry)
     )
 
 
-class CoverageTracker:
+class CoverageTracker(Service):
     """Escalates blind spots at once and uncovered townships at their deadline.
 
     An async context manager: entering schedules the deadline check of every active warning
@@ -88,19 +88,13 @@ class CoverageTracker:
         self._timers = Timers("coverage", clock=clock, sleep=sleep)
         self._checked: set[str] = set()  # deadline checks done (a watch again is a no-op)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         now = self.clock()
         for w in await self.store.active_warnings():
             if w.expires_at > now:
                 self.watch(w)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self._timers.close()
 
     def deadline(self, stored: StoredWarning) -> datetime:

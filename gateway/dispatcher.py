@@ -31,8 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from gateway.attempts import Attempts
 from gateway.coverage import escalation_notice
@@ -43,6 +42,7 @@ from gateway.jobs import AFTER_END, EXPIRED, Job, notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.outcomes import Outcomes
 from gateway.policies.breaker import CircuitBreaker
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord
 from gateway.townships import Registry
@@ -67,7 +67,7 @@ Sleep = Callable[[float], Awaitable[None]]
 _Queue = asyncio.PriorityQueue[tuple[int, int, Job]]
 
 
-class Dispatcher(Attempts):
+class Dispatcher(Service, Attempts):
     """Owns the channel workers; an async context manager (exit cancels what is in flight,
     which stays `pending` in the store and resumes on the next start)."""
 
@@ -122,7 +122,7 @@ class Dispatcher(Attempts):
         self.relay = relay
         self._outcomes.on_durable = relay.ended
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self.disabled = await self.store.disabled_endpoints()
         self._background(self._refresh_disabled())
         for name, runtime in self.runtimes.items():
@@ -130,14 +130,8 @@ class Dispatcher(Attempts):
                 self._start_worker(name)
         if self.relay is None:  # else a dead process's claims are taken over (gateway/coord)
             await self.resume()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self._closing = True
         self._room.close()
         tasks = [*self._workers, *self._tasks]

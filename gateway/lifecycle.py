@@ -14,12 +14,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
 from gateway.dispatcher import Dispatcher
 from gateway.jobs import CLEAR, EXPIRED, notice_of
 from gateway.ledger import LedgerDraft, Stage
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState
 from gateway.timers import Sleep, Timers
@@ -64,7 +63,7 @@ def _after_end(
     ]
 
 
-class Lifecycle:
+class Lifecycle(Service):
     """Expiry timers and the follow-up of superseded or cancelled warnings."""
 
     def __init__(
@@ -75,17 +74,11 @@ class Lifecycle:
         self.clock = clock
         self._timers = Timers("expiry", clock=clock, sleep=sleep)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         for w in await self.store.active_warnings():
             self.watch(w)  # a warning that expired while the gateway was down ends at once
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self._timers.close()
 
     def clears_after(

@@ -15,14 +15,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from gateway.channels.base import Channel, Message
 from gateway.channels.mqtt import DEFAULT_RECONCILE_S
 from gateway.endpoints import EndpointBook
 from gateway.exceptions import DeliveryError
 from gateway.ledger import LedgerDraft, Stage
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState, StoredWarning, WarningState
 from gateway.values import Endpoint, Notice
@@ -35,7 +35,7 @@ BATCH = 64
 CLEAR = "clear"
 
 
-class Reconciler:
+class Reconciler(Service):
     """Runs reconciliations of `channel` (MQTT) on reconnect and every `interval_s`; an async
     context manager. `retired(warning_id)` tells whether the dispatcher has stopped a warning
     (its clears may be under way)."""
@@ -61,17 +61,11 @@ class Reconciler:
         self.runs = 0
         channel.on_reconnect(self._kick.set)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._kick.set()  # a restarted gateway repairs what the broker lost meanwhile
         self._task = asyncio.create_task(self._loop(), name="mqtt reconcile")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

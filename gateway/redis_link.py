@@ -15,14 +15,14 @@ import os
 import socket
 import uuid
 from collections.abc import Collection
-from types import TracebackType
-from typing import Self
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import TimeoutError as NoAnswer
+
+from gateway.service import Service
 
 log = logging.getLogger("gateway.coord")
 
@@ -57,7 +57,7 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class RedisLink:
+class RedisLink(Service):
     """A redis.asyncio client (bytes in, bytes out) and the deployment's namespace; an async
     context manager that closes the client's connections."""
 
@@ -87,13 +87,5 @@ class RedisLink:
         """Raises redis.RedisError unless Redis answers."""
         await self.client.ping()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self.client.aclose()

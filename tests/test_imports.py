@@ -9,8 +9,8 @@ its `__init__` imports nothing.
 The rules are the table `RULES`. A rule names its importers (a package stands for itself and its
 submodules) and either what they must not import or the only gateway modules they may import.
 The leaf helpers that values may lean on are `LEAVES`: `exceptions` (the one exception tree,
-which imports nothing of gateway), `text`, `yamlfile`, `townships` and `release_list`, which
-import nothing but each other.
+which imports nothing of gateway), `text`, `yamlfile`, `townships`, `release_list` and `service`
+(the async-with lifecycle base), which import nothing but each other.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ LEAVES = (
     "gateway.yamlfile",
     "gateway.townships",
     "gateway.release_list",
+    "gateway.service",
 )
 VALUES = ("gateway.model", "gateway.values")
 

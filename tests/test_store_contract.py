@@ -19,7 +19,8 @@ import pytest
 from gateway.exceptions import ConfigError, Unstorable
 from gateway.ledger import LedgerDraft, Stage, verify
 from gateway.store import MEMORY_URL, Store, StoredWarning, open_store, pg_schema
-from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate, StatsFigures
+from gateway.store.base import Cover, CoverageRow, DeliveryRecord, DeliveryUpdate
+from gateway.store.tallies import StatsFigures
 from tests.store_servers import PgCluster
 
 NOW = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)

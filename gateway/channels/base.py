@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from gateway.exceptions import DeliveryError, PermanentDeliveryError
+from gateway.service import Service
 from gateway.values import Endpoint, Notice, Receipt
 
 
@@ -96,7 +96,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 ReceiptSink = Callable[[Receipt], Awaitable[None]]
 
 
-class Channel(ABC):
+class Channel(Service, ABC):
     """Base of every adapter; see the module docstring for the contract."""
 
     name: ClassVar[str]
@@ -114,17 +114,6 @@ class Channel(ABC):
         """For adapters: report that the connection is (again) up."""
         for callback in vars(self).get("_on_reconnect", ()):
             callback()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     @abstractmethod
     async def send(self, message: Message) -> Outcome:

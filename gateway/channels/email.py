@@ -25,7 +25,6 @@ import email.utils
 import logging
 import ssl
 from collections import OrderedDict
-from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -143,12 +142,7 @@ class EmailChannel(Channel):
     def __repr__(self) -> str:
         return f"EmailChannel(smtp{'s' if self.use_tls else ''}://{self.host}:{self.port})"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(smtp) for smtp in idle))
         for smtp in list(self._open):  # still in use by a cancelled or running send

@@ -26,8 +26,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -158,18 +157,12 @@ class MqttChannel(Channel):
         self._task: asyncio.Task[None] | None = None
         self._payload_heads: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("MqttChannel is already open")
         self._task = asyncio.create_task(self._maintain(), name=f"mqtt-{self.client_id}")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -17,8 +17,7 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 from pydantic import Field
@@ -41,6 +40,7 @@ from gateway.exceptions import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from gateway.service import Service
 from gateway.values import Notice
 
 log = logging.getLogger("gateway.channels.sms")
@@ -96,7 +96,7 @@ def sms_text(notice: Notice) -> str:
     return text
 
 
-class SmsProvider(ABC):
+class SmsProvider(Service, ABC):
     """An SMS provider: `submit` hands one message to it; `async with` opens and closes it.
 
     `submit` returns the provider's detail (its message ids, say; it goes into the ledger) and
@@ -106,17 +106,6 @@ class SmsProvider(ABC):
     """
 
     expects_receipts: ClassVar[bool]
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     @abstractmethod
     async def submit(
@@ -193,17 +182,11 @@ class HttpProvider(SmsProvider):
         safe = URL(self.url).with_user(None).with_query(None)
         return f"HttpProvider({str(safe)!r})"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -297,17 +280,11 @@ class SmsChannel(Channel):
         self.provider = provider if provider is not None else StubProvider()
         self._parts: PerWarning[tuple[str, ...]] = PerWarning(SEGMENT_CACHE)
 
-    async def __aenter__(self) -> Self:
-        await self.provider.__aenter__()
-        return self
+    async def start(self) -> None:
+        await self.provider.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.provider.__aexit__(exc_type, exc, tb)
+    async def close(self) -> None:
+        await self.provider.close()
 
     async def send(self, message: Message) -> Outcome:
         phones = message.endpoint.recipients

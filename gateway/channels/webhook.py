@@ -27,8 +27,7 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
 import aiohttp
 from pydantic import Field
@@ -116,18 +115,12 @@ class WebhookChannel(Channel):
         self._data_heads: PerWarning[bytes] = PerWarning(BODY_CACHE)
         self._caps: PerWarning[bytes] = PerWarning(BODY_CACHE)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.default_timeout)
         )
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None

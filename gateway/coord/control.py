@@ -26,12 +26,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from gateway.redis_link import RedisLink, stop_tasks
+from gateway.service import Service
 
 log = logging.getLogger("gateway.coord")
 
@@ -48,7 +48,7 @@ POLL_S = 1.0
 Handler = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
-class Control:
+class Control(Service):
     """Heartbeats, the control channel's listener, and sending messages; an async context
     manager. `handlers` maps an op to the coroutine that applies another process's message."""
 
@@ -62,19 +62,13 @@ class Control:
         self._down = False
         self._closing = False
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="coord heartbeat"),
             asyncio.create_task(self._listen(), name="coord control"),
         ]
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self._closing = True
         await stop_tasks(self._tasks)
         with contextlib.suppress(RedisError, OSError):

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -25,13 +24,14 @@ from gateway.ledger import LedgerDraft, Stage
 from gateway.lifecycle import Lifecycle
 from gateway.policies.breaker import CircuitBreaker
 from gateway.redis_link import stop_tasks
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import StoredWarning, WarningState
 
 log = logging.getLogger("gateway.coord")
 
 
-class Coordinator:
+class Coordinator(Service):
     """An async context manager; enter it once the dispatcher, lifecycle and tracker run."""
 
     def __init__(
@@ -56,18 +56,12 @@ class Coordinator:
         self._closing = False
         control.handlers.update(stop=self._stop, watch=self._watch, circuit=self._circuit)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self.breaker.listener = self._circuit_changed
         self.store.on_commit(self._committed)
         self._spawn(self._backstop())
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self.breaker.listener = None
         self._closing = True
         await stop_tasks(list(self._tasks))

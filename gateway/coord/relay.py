@@ -18,8 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -30,6 +29,7 @@ from gateway.exceptions import StoreUnavailable
 from gateway.jobs import notice_of
 from gateway.ledger import LedgerDraft, Stage
 from gateway.redis_link import stop_tasks
+from gateway.service import Service
 from gateway.store import Store
 from gateway.store.base import DeliveryRecord, DeliveryState
 from gateway.values import Notice
@@ -46,7 +46,7 @@ MAX_TAKE_OVER = 20_000
 """Claims taken over in one round at most (the next round takes the rest)."""
 
 
-class SharedQueue:
+class SharedQueue(Service):
     """`Relay` of a dispatcher over Redis Streams; an async context manager that runs the
     feeders, renewals, take-overs and acks (attach it to the dispatcher before entering)."""
 
@@ -73,7 +73,7 @@ class SharedQueue:
         self._redis_down = False
         self._closing = False
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         with contextlib.suppress(RedisError):  # else the loops create them once Redis is up
             await self.streams.ensure_groups()
         every = max(0.5, self.claim_idle_s / 3)
@@ -87,14 +87,8 @@ class SharedQueue:
             asyncio.create_task(self._flush_acks(), name="coord acks"),
             asyncio.create_task(self._every(1.0, self._push_kept), name="coord push"),
         ]
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self._closing = True
         await stop_tasks(self._tasks)
         try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
-from typing import Self
 
 from redis.exceptions import RedisError
 
@@ -23,6 +21,7 @@ from gateway.coord.control import LIVE_S, Control
 from gateway.coord.streams import Streams
 from gateway.exceptions import StoreUnavailable
 from gateway.redis_link import stop_tasks
+from gateway.service import Service
 from gateway.store import Store
 
 log = logging.getLogger("gateway.coord")
@@ -49,7 +48,7 @@ return 0
 """
 
 
-class Sweeper:
+class Sweeper(Service):
     """An async context manager running the sweep loop."""
 
     def __init__(
@@ -72,16 +71,10 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="coord sweeper")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self._closing = True
         if self._task is not None:
             await stop_tasks([self._task])

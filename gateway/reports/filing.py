@@ -225,19 +225,9 @@ tr.tall td { height: 30mm; vertical-align: top; }
 }
 """
 
-# Rows of the table under the vertical 预警信息发布单位 cell, as annex 2 lays them out.
-_TABLE_ROWS = (
-    HEADLINE,
-    CATEGORY,
-    SENT_AT,
-    LEVEL,
-    AUDIENCE,
-    CHANNELS,
-    VALIDITY,
-    REASON,
-    CONTENT,
-    IMPACT,
-)
+# Rows of the table under the vertical 预警信息发布单位 cell, as annex 2 lays them out: the
+# form's fields between the unit and the remarks.
+_TABLE_ROWS = FORM_FIELDS[1:-1]
 _TALL = {REASON, CONTENT, IMPACT}
 
 

@@ -48,6 +48,7 @@ from gateway.store.base import (
     StoredWarning,
     area_districts,
 )
+from gateway.store.tallies import Counts
 
 ESCALATION_MARK = "/escalate-"
 _ENDED = (DeliveryState.DELIVERED, DeliveryState.FAILED)
@@ -58,15 +59,9 @@ STOPPED = "stopped"  # the warning ended (art. 18) before the delivery was made
 
 
 @dataclass
-class ChannelFigures:
+class ChannelFigures(Counts):
     """One channel's part of one warning (or, summed, of many)."""
 
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
     escalation_deliveries: int = 0
     first_delivery_s: float | None = None
     last_delivery_s: float | None = None
@@ -83,29 +78,19 @@ class DistrictFigures:
 
 
 @dataclass
-class WarningFigures:
+class WarningFigures(Counts):
     warning_id: str
     received_at: datetime
     level: int
     hazard: str
     districts: list[str]
     msg_type: str = "alert"
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
     escalations: int = 0
     first_delivery_s: float | None = None
     last_delivery_s: float | None = None
     full_coverage_s: float | None = None
     channels: dict[str, ChannelFigures] = field(default_factory=dict)
     by_district: dict[str, DistrictFigures] = field(default_factory=dict)
-
-    @property
-    def success_rate(self) -> float | None:
-        return rate(self.delivered, self.planned - self.stopped)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -118,23 +103,11 @@ class WarningFigures:
             "first_delivery_s": self.first_delivery_s,
             "last_delivery_s": self.last_delivery_s,
             "full_coverage_s": self.full_coverage_s,
-            "deliveries": self.planned,
-            "delivered": self.delivered,
-            "failures": self.failures,
-            "open": self.open,
-            "stopped": self.stopped,
-            "success_rate": self.success_rate,
-            "retries": self.retries,
+            **self.counts_json(),
             "escalations": self.escalations,
             "channels": {
                 name: {
-                    "deliveries": c.planned,
-                    "delivered": c.delivered,
-                    "failures": c.failures,
-                    "open": c.open,
-                    "stopped": c.stopped,
-                    "success_rate": rate(c.delivered, c.planned - c.stopped),
-                    "retries": c.retries,
+                    **c.counts_json(),
                     "escalation_deliveries": c.escalation_deliveries,
                     "first_delivery_s": c.first_delivery_s,
                     "last_delivery_s": c.last_delivery_s,
@@ -142,10 +115,6 @@ class WarningFigures:
                 for name, c in sorted(self.channels.items())
             },
         }
-
-
-def rate(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
 
 
 def _seconds(at: datetime, since: datetime) -> float:
@@ -220,12 +189,7 @@ def warning_figures(
             ch.first_delivery_s = _seconds(min(firsts[name]), t0)
         if lasts.get(name) and ch.open == 0 and ch.planned:
             ch.last_delivery_s = _seconds(max(lasts[name]), t0)
-        out.planned += ch.planned
-        out.delivered += ch.delivered
-        out.failures += ch.failures
-        out.open += ch.open
-        out.stopped += ch.stopped
-        out.retries += ch.retries
+        out.add(ch)
     every_first = [at for ats in firsts.values() for at in ats]
     every_last = [at for ats in lasts.values() for at in ats]
     if every_first:

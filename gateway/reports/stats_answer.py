@@ -19,11 +19,10 @@ from gateway.reports.stats import (
     ChannelFigures,
     DistrictFigures,
     WarningFigures,
-    rate,
 )
 from gateway.reports.stats_query import StatsQuery
 from gateway.store import Store
-from gateway.store.base import TIME_FIGURES, Spread, StatsFigures, Tally, WarningTally
+from gateway.store.tallies import TIME_FIGURES, Spread, StatsFigures, Tally, WarningTally
 from gateway.townships import Registry
 
 LISTED = 100
@@ -70,13 +69,7 @@ def tally_json(
     """The JSON of a total, a district or a channel; `times` summarised per TIME_FIGURES."""
     out: dict[str, Any] = {
         "warnings": t.warnings,
-        "deliveries": t.planned,
-        "delivered": t.delivered,
-        "failures": t.failures,
-        "open": t.open,
-        "stopped": t.stopped,
-        "success_rate": rate(t.delivered, t.planned - t.stopped),
-        "retries": t.retries,
+        **t.counts_json(),
     }
     if escalation_deliveries:
         out["escalation_deliveries"] = t.escalation_deliveries
@@ -117,12 +110,7 @@ def spread_summary(s: Spread) -> dict[str, Any]:
 def _warning(w: WarningTally) -> WarningFigures:
     channels = {
         name: ChannelFigures(
-            planned=c.planned,
-            delivered=c.delivered,
-            failures=c.failures,
-            open=c.open,
-            stopped=c.stopped,
-            retries=c.retries,
+            **c.counts(),
             escalation_deliveries=c.escalation_deliveries,
             first_delivery_s=_maybe(c.first_delivery_us),
             last_delivery_s=_maybe(c.last_delivery_us),
@@ -136,12 +124,7 @@ def _warning(w: WarningTally) -> WarningFigures:
         hazard=w.hazard,
         districts=w.districts,
         msg_type=w.msg_type,
-        planned=w.planned,
-        delivered=w.delivered,
-        failures=w.failures,
-        open=w.open,
-        stopped=w.stopped,
-        retries=w.retries,
+        **w.counts(),
         escalations=w.escalations,
         first_delivery_s=_maybe(w.first_delivery_us),
         last_delivery_s=_maybe(w.last_delivery_us),
@@ -186,12 +169,7 @@ class _Sums(Tally):
 
 def _add_warning(s: _Sums, w: WarningFigures) -> None:
     s.warnings += 1
-    s.planned += w.planned
-    s.delivered += w.delivered
-    s.failures += w.failures
-    s.open += w.open
-    s.stopped += w.stopped
-    s.retries += w.retries
+    s.add(w)
     s.values["first_delivery_s"].append(w.first_delivery_s)
     s.values["last_delivery_s"].append(w.last_delivery_s)
 
@@ -222,12 +200,7 @@ def aggregate(
         for name, c in w.channels.items():
             s = channels.setdefault(name, _Sums())
             s.warnings += c.planned > 0
-            s.planned += c.planned
-            s.delivered += c.delivered
-            s.failures += c.failures
-            s.open += c.open
-            s.stopped += c.stopped
-            s.retries += c.retries
+            s.add(c)
             s.escalation_deliveries += c.escalation_deliveries
             if c.planned:
                 s.values["first_delivery_s"].append(c.first_delivery_s)

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum, nonmember
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 from gateway.ledger import LedgerDraft, LedgerEntry
+from gateway.store.tallies import StatsFigures
 
 
 @dataclass(frozen=True)
@@ -126,90 +126,6 @@ def area_districts(warning: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(str(c) for c in codes))
 
 
-TIME_FIGURES = ("first_delivery_s", "last_delivery_s", "full_coverage_s")
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Order statistics of one time figure over many warnings, in microseconds since each
-    warning was received: the count, the two middle values (equal for an odd count), the
-    90th percentile by nearest rank (the value at rank ceil(0.9 * count)) and the maximum."""
-
-    count: int = 0
-    mid_low: int = 0
-    mid_high: int = 0
-    p90: int = 0
-    max: int = 0
-
-
-@dataclass
-class Tally:
-    """Sums over warnings (totals, a district) or over one channel's deliveries, and a `Spread`
-    per name of TIME_FIGURES that applies (absent: no value)."""
-
-    warnings: int = 0
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
-    escalations: int = 0
-    escalation_deliveries: int = 0
-    times: dict[str, Spread] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ChannelTally:
-    """One channel's deliveries of one warning; times in microseconds since it was received
-    (`last_delivery_us` is None while one of them is open)."""
-
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
-    escalation_deliveries: int = 0
-    first_delivery_us: int | None = None
-    last_delivery_us: int | None = None
-
-
-@dataclass(frozen=True)
-class WarningTally:
-    """One warning's figures as the aggregates hold them (see gateway/reports/stats.py)."""
-
-    warning_id: str
-    received_at: datetime
-    level: int
-    hazard: str
-    msg_type: str
-    districts: list[str]
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
-    escalations: int = 0
-    first_delivery_us: int | None = None
-    last_delivery_us: int | None = None
-    full_coverage_us: int | None = None
-    channels: dict[str, ChannelTally] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StatsFigures:
-    """The answer of `Store.stats`: `totals`, `by_district` (a warning counts for each district
-    of its area; coverage and escalations are the district's own), `by_channel`, and the
-    latest warnings of the range in full, oldest first."""
-
-    totals: Tally
-    by_district: dict[str, Tally]
-    by_channel: dict[str, Tally]
-    warnings: list[WarningTally]
-
-
 CommitListener = Callable[[Sequence[LedgerDraft]], None]
 """Told of the ledger entries of each transaction once it has committed (in commit order)."""
 
@@ -229,12 +145,7 @@ class Store(Protocol):
 
     async def __aenter__(self) -> Self: ...
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def accept(
         self,

@@ -22,8 +22,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
 from gateway.ledger import GENESIS, LedgerDraft, LedgerEntry, canonical_json, entry_hash, timestamp
 from gateway.store import memory_stats
@@ -32,13 +30,13 @@ from gateway.store.base import (
     CoverageRow,
     DeliveryRecord,
     DeliveryState,
-    StatsFigures,
     StoredWarning,
     WarningState,
 )
 from gateway.store.memory_tables import Tables
 from gateway.store.rows import Write, WriteResult
-from gateway.store.write_queue import MAX_BATCH, WriteQueue
+from gateway.store.tallies import StatsFigures
+from gateway.store.write_queue import WriteQueue, notify, resolve, take_batch
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
@@ -56,19 +54,11 @@ class MemoryStore(WriteQueue):
         self._t = Tables()
         self._name = f"memory-{uuid.uuid4().hex}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="memory-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+    async def close(self) -> None:
+        await self._stop_writer()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -81,13 +71,7 @@ class MemoryStore(WriteQueue):
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = await self._queue.get()
-            batch = [] if first is None else [first]
-            stopping = first is None
-            while not stopping and len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
-                stopping = item is None
-                batch.extend([] if item is None else [item])
+            batch, stopping = await take_batch(self._queue, None)
             if batch:
                 self._commit(batch)
             self._committed.set()
@@ -108,14 +92,9 @@ class MemoryStore(WriteQueue):
             committed.extend(entries)
             done.append((w, result))
         self._t.tally(committed)
-        if committed:
-            for listener in self._listeners:
-                try:
-                    listener(committed)
-                except Exception:  # an observer must never fail the writer
-                    log.exception("a commit listener failed")
+        notify(self._listeners, committed)
         for w, result in done:
-            _resolve(w, result)
+            resolve(w, result)
 
     def _chain(self, draft: LedgerDraft) -> None:
         last = self._t.ledger[-1] if self._t.ledger else None
@@ -213,14 +192,3 @@ def _failed(w: Write, exc: Exception) -> None:
         log.error("an outcome cannot be stored (%s); it resumes on restart", exc)
     elif not w.done.done():
         w.done.set_exception(exc)
-
-
-def _resolve(w: Write, result: WriteResult) -> None:
-    """`w` is committed: tell whoever waits for it."""
-    if w.done is not None and not w.done.done():
-        w.done.set_result(result)
-    if w.then is not None:
-        try:
-            w.then()
-        except Exception:  # a caller's follow-up must never fail the writer
-            log.exception("the follow-up of a write failed")

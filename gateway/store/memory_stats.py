@@ -13,32 +13,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.store.base import (
+from gateway.store.base import DeliveryState, StoredWarning, area_districts
+from gateway.store.memory_tables import Tables, is_escalation, micros, planned
+from gateway.store.tallies import (
     TIME_FIGURES,
     ChannelTally,
-    DeliveryState,
+    Counts,
     Spread,
     StatsFigures,
-    StoredWarning,
     Tally,
     WarningTally,
-    area_districts,
 )
-from gateway.store.memory_tables import Tables, is_escalation, micros, planned
 
 _FIRST, _LAST, _FULL = TIME_FIGURES
 
 
 @dataclass
-class _Counts:
+class _Counts(Counts):
     """One warning's planned deliveries (or one channel's of them) and what they reached."""
 
-    planned: int = 0
-    delivered: int = 0
-    failures: int = 0
-    open: int = 0
-    stopped: int = 0
-    retries: int = 0
     escalation_deliveries: int = 0
     first_us: int | None = None
     last_us: int | None = None
@@ -81,12 +74,7 @@ class _Sums:
     def add(self, c: _Counts, escalations: int, warnings: int = 1) -> None:
         t = self.tally
         t.warnings += warnings
-        t.planned += c.planned
-        t.delivered += c.delivered
-        t.failures += c.failures
-        t.open += c.open
-        t.stopped += c.stopped
-        t.retries += c.retries
+        t.add(c)
         t.escalations += escalations
         t.escalation_deliveries += c.escalation_deliveries
 
@@ -192,24 +180,14 @@ def _listed(w: _Warning) -> WarningTally:
         hazard=str(doc.get("hazard", "")),
         msg_type=str(doc.get("msg_type", "alert")),
         districts=w.districts,
-        planned=c.planned,
-        delivered=c.delivered,
-        failures=c.failures,
-        open=c.open,
-        stopped=c.stopped,
-        retries=c.retries,
+        **c.counts(),
         escalations=w.escalations,
         first_delivery_us=_since(c.first_us, w),
         last_delivery_us=_since(c.last_if_closed(), w),
         full_coverage_us=_since(w.area.full_us(), w),
         channels={
             name: ChannelTally(
-                planned=ch.planned,
-                delivered=ch.delivered,
-                failures=ch.failures,
-                open=ch.open,
-                stopped=ch.stopped,
-                retries=ch.retries,
+                **ch.counts(),
                 escalation_deliveries=ch.escalation_deliveries,
                 first_delivery_us=_since(ch.first_us, w),
                 last_delivery_us=_since(ch.last_if_closed() if ch.planned else None, w),

@@ -4,14 +4,12 @@ statistics come back as one sorted array per group."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from gateway.store.base import TIME_FIGURES, ChannelTally, StatsFigures, Tally, WarningTally
-from gateway.store.sqlite_stats_read import _spread, _tally
+from gateway.store.stats_rows import figures
+from gateway.store.tallies import TIME_FIGURES, StatsFigures
 
 _SUMMED = ("planned", "delivered", "failures", '"open"', "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
@@ -69,8 +67,7 @@ async def read(
     wd = f"w JOIN stats_district AS d ON d.warning_id = w.warning_id{own}"
     wc = "w JOIN stats_channel AS c ON c.warning_id = w.warning_id"
     w = f"WITH w AS ({inrange}) "
-    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
-    for kind, sql in (
+    sums = (
         ("t", f"SELECT '', count(*), {_SUMS.format(t='w')}, sum(w.escalations), 0 FROM w"),
         (
             "d",
@@ -82,14 +79,17 @@ async def read(
             f"SELECT c.channel, count(*) FILTER (WHERE c.planned > 0), {_SUMS.format(t='c')}, "
             f"0, sum(c.escalation_deliveries) FROM {wc} GROUP BY c.channel",
         ),
-    ):
-        for r in await _rows(conn, w + sql, args):
-            tallies[kind][r[0]] = _tally([int(v or 0) for v in r[1:10]])
-    spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
-    for kind, grp, fig, values in await _rows(conn, spreads, args):
-        tallies[kind][grp].times[fig] = _spread([int(x) for x in values])
-    found = list(reversed(await _rows(conn, w + _LISTED, args)))
-    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
+    )
+
+    async def query(sql: str) -> list[Any]:
+        return await _rows(conn, w + sql, args)
+
+    spreads = "," + _SPREADS.format(wd=wd, wc=wc)
+
+    async def channels_of(ids: list[str]) -> list[Any]:
+        return await _rows(conn, _CHANNELS, (ids,))
+
+    return await figures(query, sums, spreads, _LISTED, _values, channels_of)
 
 
 async def _rows(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
@@ -97,49 +97,5 @@ async def _rows(conn: AsyncConnection[Any], sql: str, params: Any) -> list[Any]:
     return list(await cur.fetchall())
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-async def _listed(conn: AsyncConnection[Any], found: list[Any]) -> list[WarningTally]:
-    """The warnings of `found` (`_LISTED` rows) with their channels."""
-    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
-    if found:
-        for r in await _rows(conn, _CHANNELS, ([r[0] for r in found],)):
-            planned, delivered, failures, open_, stopped, retries, esc = map(int, r[2:9])
-            channels[r[0]][r[1]] = ChannelTally(
-                planned=planned,
-                delivered=delivered,
-                failures=failures,
-                open=open_,
-                stopped=stopped,
-                retries=retries,
-                escalation_deliveries=esc,
-                first_delivery_us=_int(r[9]),
-                last_delivery_us=_int(r[10]),
-            )
-    out = []
-    for r in found:
-        planned, delivered, failures, open_, stopped, retries, escalations = map(int, r[6:13])
-        out.append(
-            WarningTally(
-                warning_id=r[0],
-                received_at=datetime.fromisoformat(r[1]),
-                level=r[2],
-                hazard=r[3],
-                msg_type=r[4],
-                districts=json.loads(r[5]),
-                planned=planned,
-                delivered=delivered,
-                failures=failures,
-                open=open_,
-                stopped=stopped,
-                retries=retries,
-                escalations=escalations,
-                first_delivery_us=_int(r[13]),
-                last_delivery_us=_int(r[14]),
-                full_coverage_us=_int(r[15]),
-                channels=channels[r[0]],
-            )
-        )
-    return out
+def _values(xs: list[Any]) -> list[int]:
+    return [int(x) for x in xs]  # sorted by array_agg

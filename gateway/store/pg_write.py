@@ -21,10 +21,11 @@ from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor
 
-from gateway.ledger import LedgerDraft, entry_hash, timestamp
+from gateway.ledger import LedgerDraft
 from gateway.store.base import DeliveryState
-from gateway.store.pg_rows import WARNING_COLUMNS, to_warning
-from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
+from gateway.store.pg_rows import WARNING_COLUMNS
+from gateway.store.records import to_warning
+from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_stats import LedgerTally
 
 _SQL: dict[str, str] = {
@@ -187,19 +188,7 @@ async def run(conn: AsyncConnection[Any], batch: Sequence[Write], attempt: Attem
         attempt.results = [result for result, _ in added]
         attempt.entries_of = [entries for _, entries in added]
         tally = LedgerTally()
-        for draft, data in (
-            pair
-            for w, (_, entries) in zip(batch, added, strict=True)
-            if entries
-            for pair in zip(entries, ledger_data(w), strict=True)
-        ):
-            seq += 1
-            at = timestamp(draft.at)
-            stage = draft.stage.value
-            digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
-            rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
-            tally.add(draft)
-            prev = digest
+        seq, prev = rows.chain(batch, added, (seq, prev), tally)
         async with conn.pipeline():  # one round trip for the batch's statements
             # Every statement of a batch looks rows up by key; the planner cannot see into
             # unnest, and the statistics of a table a fan-out has just filled are stale, so it

@@ -19,17 +19,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerDraft
 from gateway.store import pg_write
 from gateway.store.rows import Write, WriteResult
-from gateway.store.write_queue import MAX_BATCH
+from gateway.store.write_queue import RETRY_MAX_S, Kept, notify, resolve, take_batch
 
 log = logging.getLogger("gateway.store")
-
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 5.0
-"""Backoff bounds of kept outcomes while the database cannot write."""
 
 
 def environmental(exc: BaseException) -> bool:
@@ -46,10 +41,8 @@ class GroupCommit:
         self.queue: asyncio.Queue[Write | None] = asyncio.Queue()
         self.committed = asyncio.Event()
         """Set after every batch."""
-        self._retry: list[Write] = []  # outcomes whose write failed, kept until they commit
+        self._kept = Kept()
         self._doubt: list[tuple[pg_write.Attempt, list[Write]]] = []
-        self._retry_at = 0.0
-        self._backoff = 0.0
         self.listeners: list[Callable[[Sequence[LedgerDraft]], None]] = []
         """Called with the entries of each committed transaction (Store.on_commit)."""
 
@@ -57,31 +50,13 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            batch: list[Write] = []
-            wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
-            try:
-                first = await asyncio.wait_for(self.queue.get(), wait)
-            except TimeoutError:  # time to retry the kept outcomes
-                pass
-            else:
-                if first is None:
-                    stopping = True
-                else:
-                    batch.append(first)
-            while len(batch) < MAX_BATCH and not self.queue.empty():
-                item = self.queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if self._retry and (loop.time() >= self._retry_at or stopping):
+            batch, stopping = await take_batch(self.queue, self._kept.wait(loop.time()))
+            if self._kept.due(loop.time(), stopping):
                 await self._settle_doubts()
                 if self._doubt:  # a kept outcome may have landed: none is retried yet
-                    self._retry_at = loop.time() + RETRY_MAX_S
+                    self._kept.at = loop.time() + RETRY_MAX_S
                 else:
-                    kept = {id(w) for w in self._retry}
-                    batch = [*self._retry, *(w for w in batch if id(w) not in kept)]
-                    self._retry = []
+                    batch = self._kept.first(batch)
             if batch:
                 await self._commit_batch(batch)
             self.committed.set()
@@ -99,23 +74,10 @@ class GroupCommit:
             for w in batch:
                 await self._commit_batch([w])
             return
-        if self._backoff:
-            log.info("the store writes again")
-        self._backoff = 0.0
+        self._kept.healthy()
         for w, r in zip(batch, results, strict=True):
-            if w.done is not None and not w.done.done():
-                w.done.set_result(r)
-            if w.then is not None:
-                try:
-                    w.then()
-                except Exception:  # a caller's follow-up must never fail the writer
-                    log.exception("the follow-up of a write failed")
-        committed = [e for entries in entries_of for e in entries]
-        for listener in self.listeners if committed else ():
-            try:
-                listener(committed)
-            except Exception:  # an observer must never fail the writer
-                log.exception("a commit listener failed")
+            resolve(w, r)
+        notify(self.listeners, [e for entries in entries_of for e in entries])
 
     async def _commit(
         self, batch: list[Write]
@@ -163,36 +125,9 @@ class GroupCommit:
             if landed is None:
                 unknown.append((attempt, writes))
             elif landed:
-                gone = {id(w) for w in writes}
-                self._retry = [w for w in self._retry if id(w) not in gone]
+                for w in writes:
+                    self._kept.writes.pop(id(w), None)
         self._doubt = unknown
 
     def _failed(self, w: Write, exc: Exception) -> None:
-        """As in the SQLite store: StoreUnavailable to a waiting caller when the database
-        failed; an outcome no one waits for is kept and retried with backoff until it
-        commits."""
-        store_failed = environmental(exc)
-        if w.done is None:
-            if not store_failed:
-                log.error("an outcome cannot be stored (%s); it resumes on restart", exc)
-                return
-            if all(k is not w for k in self._retry):
-                self._retry.append(w)
-            self._backoff = min(RETRY_MAX_S, self._backoff * 2) if self._backoff else RETRY_MIN_S
-            self._retry_at = asyncio.get_running_loop().time() + self._backoff
-            log.error(
-                "the store cannot write (%s); %d outcomes kept, retried in %.1fs",
-                exc,
-                len(self._retry),
-                self._backoff,
-            )
-            return
-        if store_failed:
-            log.error("the store cannot write: %s", exc)
-            error: Exception = StoreUnavailable(f"the store cannot write: {exc}")
-            error.__cause__ = exc
-        else:
-            log.error("a store write failed", exc_info=exc)
-            error = exc
-        if not w.done.done():
-            w.done.set_exception(error)
+        self._kept.failed(w, exc, environmental(exc))

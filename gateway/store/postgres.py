@@ -21,34 +21,25 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.exceptions import StoreUnavailable
 from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import pg_schema, pg_stats_read
-from gateway.store.base import (
-    CommitListener,
-    CoverageRow,
-    DeliveryRecord,
-    StatsFigures,
-    StoredWarning,
-)
+from gateway.store.base import CommitListener, CoverageRow, DeliveryRecord, StoredWarning
 from gateway.store.pg_rows import (
     COVERAGE_COLUMNS,
     DELIVERY_COLUMNS,
     LEDGER_COLUMNS,
     WARNING_COLUMNS,
-    to_coverage,
-    to_delivery,
-    to_entry,
-    to_warning,
 )
 from gateway.store.pg_schema import CONNECT_TIMEOUT_S, masked
 from gateway.store.pg_writer import GroupCommit, environmental
+from gateway.store.records import ledger_pages, to_coverage, to_delivery, to_entry, to_warning
 from gateway.store.rows import Write, prepare
+from gateway.store.tallies import StatsFigures
 from gateway.store.write_queue import WriteQueue
 from gateway.text import printable
 
@@ -60,7 +51,6 @@ POOL_TIMEOUT_S = 2.0
 RECONNECT_S = 2.0
 """How long the pool retries a lost connection (with its backoff) before the next caller's
 demand starts afresh: a short bound keeps the backoff from outgrowing an outage."""
-LEDGER_PAGE = 1000
 
 
 def pool(url: str, size: int = POOL_SIZE) -> AsyncConnectionPool[Any]:
@@ -88,7 +78,7 @@ class PostgresStore(WriteQueue):
         self._queue = self._commits.queue
         self._writer: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         try:
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
             async with self._pool.connection() as conn:
@@ -100,17 +90,9 @@ class PostgresStore(WriteQueue):
             await self._pool.close()
             raise
         self._writer = asyncio.create_task(self._commits.run(), name="pg-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+    async def close(self) -> None:
+        await self._stop_writer()
         await self._pool.close()
 
     # -- writes ------------------------------------------------------------------------------
@@ -159,15 +141,9 @@ class PostgresStore(WriteQueue):
 
     async def ledger(self) -> AsyncIterator[LedgerEntry]:
         """Every entry in order, read page by page."""
-        after = 0
         sql = f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq > %s ORDER BY seq LIMIT %s"
-        while True:
-            rows = await self._rows(sql, (after, LEDGER_PAGE))
-            for row in rows:
-                yield to_entry(row)
-            if len(rows) < LEDGER_PAGE:
-                return
-            after = int(rows[-1][0])
+        async for entry in ledger_pages(lambda after, n: self._rows(sql, (after, n))):
+            yield entry
 
     async def unfinished(self) -> list[DeliveryRecord]:
         return await self._deliveries("state = 'pending' ORDER BY level, n", ())

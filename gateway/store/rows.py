@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC
 
 from gateway.exceptions import FieldError, Unstorable
-from gateway.ledger import LedgerDraft, canonical_json, timestamp
+from gateway.ledger import LedgerDraft, canonical_json, entry_hash, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import (
     Cover,
@@ -167,6 +167,27 @@ class Rows:
     def tables(self) -> list[tuple[str, list[tuple[object, ...]]]]:
         """(name, rows) of every table but the ledger that has rows."""
         return [(name, rows) for name in _TABLES if (rows := getattr(self, name))]
+
+    def chain(
+        self,
+        batch: Sequence[Write],
+        added: Sequence[tuple[WriteResult, Sequence[LedgerDraft]]],
+        head: tuple[int, str],
+        tally: sqlite_stats.LedgerTally,
+    ) -> tuple[int, str]:
+        """Append the ledger rows of what `add` gave for `batch` (`added`), hash-chained after
+        the ledger's `head` (seq, hash), counting each entry in `tally`; the new head."""
+        seq, prev = head
+        for w, (_, entries) in zip(batch, added, strict=True):
+            for draft, data in zip(entries, ledger_data(w) if entries else (), strict=True):
+                seq += 1
+                at = timestamp(draft.at)
+                stage = draft.stage.value
+                digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
+                self.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
+                tally.add(draft)
+                prev = digest
+        return seq, prev
 
     @classmethod
     def of(cls, w: Write) -> Rows:

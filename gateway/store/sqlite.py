@@ -24,29 +24,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
 from gateway.exceptions import StoreUnavailable
-from gateway.ledger import GENESIS, LedgerDraft, entry_hash, timestamp
+from gateway.ledger import GENESIS, timestamp
 from gateway.store import sqlite_stats
 from gateway.store.base import (
     CommitListener,
 )
-from gateway.store.rows import Known, Needs, Rows, Write, WriteResult, ledger_data
+from gateway.store.records import to_warning
+from gateway.store.rows import Known, Needs, Rows, Write, WriteResult
 from gateway.store.sqlite_read import SqliteReads
-from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS, to_warning
-from gateway.store.write_queue import MAX_BATCH, WriteQueue
+from gateway.store.sqlite_schema import PRAGMAS, SCHEMA, WARNING_COLUMNS
+from gateway.store.write_queue import Kept, WriteQueue, notify, resolve, take_batch
 from gateway.text import printable
 
 log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
-
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 5.0
-"""Backoff bounds of kept outcomes while the store cannot write (a full disk, say)."""
 
 
 def _environmental(exc: BaseException) -> bool:
@@ -60,10 +56,7 @@ class SqliteStore(WriteQueue, SqliteReads):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
-        # Outcomes whose write failed, kept (by identity) until they commit.
-        self._retry: dict[int, Write] = {}
-        self._retry_at = 0.0
-        self._backoff = 0.0
+        self._kept = Kept()
         self._writer: asyncio.Task[None] | None = None
         self._committed = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -73,24 +66,16 @@ class SqliteStore(WriteQueue, SqliteReads):
         self._hash = GENESIS
         self._listeners: list[CommitListener] = []
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._in_thread(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await self._r.execute(pragma)
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+    async def close(self) -> None:
+        await self._stop_writer()
         if self._r is not None:
             await self._r.close()
         if self._w is not None:
@@ -116,13 +101,6 @@ class SqliteStore(WriteQueue, SqliteReads):
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def _notify(self, committed: list[LedgerDraft]) -> None:
-        for listener in self._listeners:
-            try:
-                listener(committed)
-            except Exception:  # an observer must never fail the writer
-                log.exception("a commit listener failed")
-
     def _batch_done(self) -> asyncio.Event:
         return self._committed
 
@@ -130,27 +108,9 @@ class SqliteStore(WriteQueue, SqliteReads):
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            batch: list[Write] = []
-            wait = max(0.0, self._retry_at - loop.time()) if self._retry else None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), wait)
-            except TimeoutError:  # time to retry the kept outcomes
-                pass
-            else:
-                if first is None:
-                    stopping = True
-                else:
-                    batch.append(first)
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if self._retry and (loop.time() >= self._retry_at or stopping):
-                # Outcomes no one waits for, kept since their write failed: they go first.
-                batch = [*self._retry.values(), *(w for w in batch if id(w) not in self._retry)]
-                self._retry = {}
+            batch, stopping = await take_batch(self._queue, self._kept.wait(loop.time()))
+            if self._kept.due(loop.time(), stopping):
+                batch = self._kept.first(batch)
             if batch:
                 await self._commit_each(batch) if len(batch) > 1 else await self._commit_alone(
                     batch[0]
@@ -171,9 +131,9 @@ class SqliteStore(WriteQueue, SqliteReads):
             for w in batch:
                 await self._commit_alone(w)
             return
-        self._healthy()
+        self._kept.healthy()
         for w, r in zip(batch, results, strict=True):
-            _resolve(w, r)
+            resolve(w, r)
 
     async def _commit_alone(self, w: Write) -> None:
         try:
@@ -181,44 +141,11 @@ class SqliteStore(WriteQueue, SqliteReads):
         except Exception as exc:  # the caller learns of it; the writer carries on
             self._failed(w, exc)
             return
-        self._healthy()
-        _resolve(w, result)
+        self._kept.healthy()
+        resolve(w, result)
 
     def _failed(self, w: Write, exc: Exception) -> None:
-        """A write that could not commit: its caller gets StoreUnavailable (503) when the
-        store itself failed; one no one waits for (`record_soon`) is kept and retried, with
-        backoff, until it commits: an outcome is never forgotten before it is durable."""
-        environmental = _environmental(exc)
-        if w.done is None:
-            if environmental:
-                self._retry[id(w)] = w
-                self._backoff = (
-                    min(RETRY_MAX_S, self._backoff * 2) if self._backoff else RETRY_MIN_S
-                )
-                self._retry_at = asyncio.get_running_loop().time() + self._backoff
-                log.error(
-                    "the store cannot write (%s); %d outcomes kept, retried in %.1fs",
-                    exc,
-                    len(self._retry),
-                    self._backoff,
-                )
-            else:
-                log.error("an outcome cannot be stored (%s); it resumes on restart", exc)
-            return
-        if environmental:
-            log.error("the store cannot write: %s", exc)
-            error: Exception = StoreUnavailable(f"the store cannot write: {exc}")
-            error.__cause__ = exc
-        else:
-            log.error("a store write failed", exc_info=exc)
-            error = exc
-        if not w.done.done():
-            w.done.set_exception(error)
-
-    def _healthy(self) -> None:
-        if self._backoff:
-            log.info("the store writes again")
-        self._backoff = 0.0
+        self._kept.failed(w, exc, _environmental(exc))
 
     async def _commit(self, batch: list[Write]) -> list[WriteResult]:
         """Write `batch` as one transaction; each write's result. The rows and the hash chain
@@ -231,26 +158,11 @@ class SqliteStore(WriteQueue, SqliteReads):
         results = [result for result, _ in added]
         seq, prev = self._seq, self._hash
         tally = sqlite_stats.LedgerTally()
-        committed: list[LedgerDraft] = []
-        for draft, data in (
-            pair
-            for w, (_, entries) in zip(batch, added, strict=True)
-            if entries
-            for pair in zip(entries, ledger_data(w), strict=True)
-        ):
-            seq += 1
-            at = timestamp(draft.at)
-            stage = draft.stage.value
-            digest = entry_hash(prev, seq, draft.warning_id, stage, at, draft.data, data)
-            rows.ledger.append((seq, draft.warning_id, stage, at, data, prev, digest))
-            tally.add(draft)
-            committed.append(draft)
-            prev = digest
+        seq, prev = rows.chain(batch, added, (seq, prev), tally)
         statements = [*rows.statements(), *tally.statements()]
         await self._in_thread(functools.partial(self._execute, statements))
         self._seq, self._hash = seq, prev
-        if committed:
-            self._notify(committed)
+        notify(self._listeners, [e for _, entries in added for e in entries])
         return results
 
     def _known(self, need: Needs) -> Known:
@@ -323,14 +235,3 @@ class SqliteStore(WriteQueue, SqliteReads):
         """One durable write (on the writer thread): what /healthz reports."""
         stamp = timestamp(datetime.now(UTC))
         self._execute([("INSERT OR REPLACE INTO probe VALUES (1, ?)", [(stamp,)])])
-
-
-def _resolve(w: Write, result: WriteResult) -> None:
-    """`w` is durable: tell whoever waits for it."""
-    if w.done is not None and not w.done.done():
-        w.done.set_result(result)
-    if w.then is not None:
-        try:
-            w.then()
-        except Exception:  # a caller's follow-up must never fail the writer
-            log.exception("the follow-up of a write failed")

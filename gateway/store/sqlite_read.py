@@ -6,7 +6,6 @@ committed. `SqliteStore` opens it as `_r` and inherits these methods of the `Sto
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
@@ -14,13 +13,13 @@ import aiosqlite
 
 from gateway.ledger import LedgerEntry, timestamp
 from gateway.store import sqlite_stats_read
-from gateway.store.base import CoverageRow, DeliveryRecord, StatsFigures, StoredWarning
-from gateway.store.sqlite_schema import WARNING_COLUMNS, to_delivery, to_entry, to_warning
+from gateway.store.base import CoverageRow, DeliveryRecord, StoredWarning
+from gateway.store.records import ledger_pages, to_coverage, to_delivery, to_entry, to_warning
+from gateway.store.sqlite_schema import WARNING_COLUMNS
+from gateway.store.tallies import StatsFigures
 
 _IDS_PER_QUERY = 500
 """Bound parameters per query, well below SQLite's limit."""
-
-LEDGER_PAGE = 1000
 
 
 class SqliteReads:
@@ -43,17 +42,16 @@ class SqliteReads:
 
     async def ledger(self) -> AsyncIterator[LedgerEntry]:
         """Every entry in order, read page by page."""
-        assert self._r is not None
-        after = 0
-        while True:
+        r = self._r
+        assert r is not None
+
+        async def page(after: int, n: int) -> list[aiosqlite.Row]:
             sql = "SELECT * FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"
-            async with self._r.execute(sql, (after, LEDGER_PAGE)) as cur:
-                rows = list(await cur.fetchall())
-            for row in rows:
-                yield to_entry(row)
-            if len(rows) < LEDGER_PAGE:
-                return
-            after = int(rows[-1][0])
+            async with r.execute(sql, (after, n)) as cur:
+                return list(await cur.fetchall())
+
+        async for entry in ledger_pages(page):
+            yield entry
 
     async def unfinished(self) -> list[DeliveryRecord]:
         return await self._deliveries("state = 'pending' ORDER BY level, rowid", ())
@@ -92,10 +90,7 @@ class SqliteReads:
         sql = "SELECT * FROM coverage WHERE warning_id = ? ORDER BY township"
         async with self._r.execute(sql, (warning_id,)) as cur:
             rows = await cur.fetchall()
-        return [
-            CoverageRow(r[0], r[1], bool(r[2]), r[3], json.loads(r[4]) if r[4] else None, r[5])
-            for r in rows
-        ]
+        return [to_coverage(r) for r in rows]
 
     async def delivery_counts(self, warning_id: str) -> list[tuple[str | None, str, str, int]]:
         assert self._r is not None

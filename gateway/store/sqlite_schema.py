@@ -1,20 +1,11 @@
-"""The tables of the SQLite store, the pragmas of its connections, and its rows decoded.
+"""The tables of the SQLite store and the pragmas of its connections (its rows are decoded
+in gateway/store/records.py).
 
 Created if missing when a store opens (`CREATE TABLE IF NOT EXISTS`); the aggregates' tables and
 triggers are in `gateway.store.sqlite_stats`.
 """
 
 from __future__ import annotations
-
-import json
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
-
-import aiosqlite
-
-from gateway.ledger import LedgerEntry
-from gateway.store.base import DeliveryRecord, StoredWarning
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -77,35 +68,3 @@ PRAGMAS = (
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
 )
 WARNING_COLUMNS = "id, body_hash, warning, answer, state, received_at, expires_at, authorization"
-
-
-def to_warning(row: Sequence[Any]) -> StoredWarning:
-    return StoredWarning(
-        id=row[0],
-        body_hash=row[1],
-        warning=json.loads(row[2]),
-        answer=json.loads(row[3]),
-        state=row[4],
-        received_at=datetime.fromisoformat(row[5]),
-        expires_at=datetime.fromisoformat(row[6]),
-        authorization=json.loads(row[7]),
-    )
-
-
-def to_delivery(row: aiosqlite.Row) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        warning_id=row[1],
-        endpoint_id=row[2],
-        channel=row[3],
-        level=row[4],
-        state=row[5],
-        attempts=row[6],
-        detail=json.loads(row[7]),
-        receipt=json.loads(row[8]) if row[8] else None,
-        purpose=row[9],
-    )
-
-
-def to_entry(row: aiosqlite.Row) -> LedgerEntry:
-    return LedgerEntry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])

@@ -9,20 +9,12 @@ range) per call, with a small constant; no delivery row and no ledger entry is r
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Any
 
 import aiosqlite
 
-from gateway.store.base import (
-    TIME_FIGURES,
-    ChannelTally,
-    Spread,
-    StatsFigures,
-    Tally,
-    WarningTally,
-)
+from gateway.store.stats_rows import figures
+from gateway.store.tallies import TIME_FIGURES, StatsFigures
 
 _SUMMED = ("planned", "delivered", "failures", "open", "stopped", "retries")
 _SUMS = ", ".join(f"coalesce(sum({{t}}.{c}), 0)" for c in _SUMMED)
@@ -80,8 +72,7 @@ async def read(
     wd = f"w JOIN stats_district AS d ON d.warning_id = w.warning_id{own}"
     wc = "w JOIN stats_channel AS c ON c.warning_id = w.warning_id"
     w = f"WITH w AS ({inrange}) "
-    tallies: dict[str, dict[str, Tally]] = {"t": {}, "d": {}, "c": {}}
-    for kind, sql in (
+    sums = (
         ("t", f"SELECT '', count(*), {_SUMS.format(t='w')}, sum(w.escalations), 0 FROM w"),
         (
             "d",
@@ -93,35 +84,17 @@ async def read(
             f"SELECT c.channel, sum(c.planned > 0), {_SUMS.format(t='c')}, 0, "
             f"sum(c.escalation_deliveries) FROM {wc} GROUP BY c.channel",
         ),
-    ):
-        for r in await _rows(conn, w + sql, args):
-            tallies[kind][r[0]] = _tally([int(v or 0) for v in r[1:10]])
-    spreads = w + "," + _SPREADS.format(wd=wd, wc=wc)
-    for kind, grp, fig, values in await _rows(conn, spreads, args):
-        tallies[kind][grp].times[fig] = _spread(sorted(map(int, values.split(","))))
-    found = list(reversed(await _rows(conn, w + _LISTED, args)))
-    return StatsFigures(tallies["t"][""], tallies["d"], tallies["c"], await _listed(conn, found))
-
-
-def _spread(xs: list[int]) -> Spread:
-    """The order statistics of sorted values."""
-    n = len(xs)
-    return Spread(n, xs[(n - 1) // 2], xs[n // 2], xs[(9 * n + 9) // 10 - 1], xs[-1])
-
-
-def _tally(n: list[int]) -> Tally:
-    warnings, planned, delivered, failures, open_, stopped, retries, esc, esc_deliveries = n
-    return Tally(
-        warnings=warnings,
-        planned=planned,
-        delivered=delivered,
-        failures=failures,
-        open=open_,
-        stopped=stopped,
-        retries=retries,
-        escalations=esc,
-        escalation_deliveries=esc_deliveries,
     )
+
+    async def query(sql: str) -> list[Any]:
+        return await _rows(conn, w + sql, args)
+
+    spreads = "," + _SPREADS.format(wd=wd, wc=wc)
+
+    async def channels_of(ids: list[str]) -> list[Any]:
+        return await _rows(conn, _CHANNELS.format(marks=",".join("?" * len(ids))), ids)
+
+    return await figures(query, sums, spreads, _LISTED, _values, channels_of)
 
 
 async def _rows(conn: aiosqlite.Connection, sql: str, params: Any) -> list[Any]:
@@ -129,35 +102,5 @@ async def _rows(conn: aiosqlite.Connection, sql: str, params: Any) -> list[Any]:
         return list(await cur.fetchall())
 
 
-async def _listed(conn: aiosqlite.Connection, found: list[Any]) -> list[WarningTally]:
-    """The warnings of `found` (`_LISTED` rows) with their channels."""
-    channels: dict[str, dict[str, ChannelTally]] = {r[0]: {} for r in found}
-    if found:
-        sql = _CHANNELS.format(marks=",".join("?" * len(found)))
-        for r in await _rows(conn, sql, [r[0] for r in found]):
-            channels[r[0]][r[1]] = ChannelTally(*r[2:])
-    out = []
-    for r in found:
-        planned, delivered, failures, open_, stopped, retries, escalations = r[6:13]
-        out.append(
-            WarningTally(
-                warning_id=r[0],
-                received_at=datetime.fromisoformat(r[1]),
-                level=r[2],
-                hazard=r[3],
-                msg_type=r[4],
-                districts=json.loads(r[5]),
-                planned=planned,
-                delivered=delivered,
-                failures=failures,
-                open=open_,
-                stopped=stopped,
-                retries=retries,
-                escalations=escalations,
-                first_delivery_us=r[13],
-                last_delivery_us=r[14],
-                full_coverage_us=r[15],
-                channels=channels[r[0]],
-            )
-        )
-    return out
+def _values(xs: str) -> list[int]:
+    return sorted(map(int, xs.split(",")))

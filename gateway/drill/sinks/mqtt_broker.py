@@ -7,10 +7,11 @@ messages live in memory and go when the broker stops.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from amqtt.broker import Broker  # type: ignore[import-untyped]
+
+from gateway.service import Service
 
 log = logging.getLogger("gateway.sinks.mqtt_broker")
 
@@ -19,7 +20,7 @@ QUIET_LOGGERS = ("amqtt", "transitions")
 """amqtt logs every connection and state change at INFO; the drill's output is ours."""
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Service):
     """`async with EmbeddedBroker() as broker:` serves MQTT on `broker.url` until exit."""
 
     def __init__(self, host: str = HOST, port: int = 0) -> None:
@@ -34,7 +35,7 @@ class EmbeddedBroker:
             raise RuntimeError("EmbeddedBroker is not running")
         return f"mqtt://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         # Explicit bind (amqtt's default is 0.0.0.0:1883) and only the anonymous-auth plugin:
@@ -53,14 +54,8 @@ class EmbeddedBroker:
         self.port = int(server.sockets[0].getsockname()[1])
         self._broker = broker
         log.debug("embedded MQTT broker listening on %s:%s", self.host, self.port)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
             await broker.shutdown()

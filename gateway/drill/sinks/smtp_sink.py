@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
-from types import TracebackType
-from typing import Self
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.service import Service
 
 log = logging.getLogger("gateway.sinks.smtp")
 
@@ -63,7 +63,7 @@ class _Recorder:
         return "250 2.0.0 OK"
 
 
-class SmtpSink:
+class SmtpSink(Service):
     """Accepts SMTP on a free loopback port while entered; `url` is `smtp://127.0.0.1:PORT`."""
 
     def __init__(self, host: str = HOST) -> None:
@@ -79,7 +79,7 @@ class SmtpSink:
             raise RuntimeError("SmtpSink is not running: use `async with SmtpSink() as sink`")
         return f"smtp://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         handler = _Recorder(self.messages)
 
@@ -91,14 +91,8 @@ class SmtpSink:
         self._server = await loop.create_server(protocol, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("SMTP sink listening on %s", self.url)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return

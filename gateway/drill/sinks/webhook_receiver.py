@@ -22,10 +22,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 from aiohttp import web
+
+from gateway.service import Service
 
 log = logging.getLogger("gateway.sinks.webhook")
 
@@ -98,7 +99,7 @@ def builtin_verifier(secret: str) -> Verifier:
     return verify
 
 
-class WebhookSink:
+class WebhookSink(Service):
     """An aiohttp server on 127.0.0.1 (a free port) recording every webhook it receives."""
 
     def __init__(self, secret: str, *, prefer_library: bool = True) -> None:
@@ -116,7 +117,7 @@ class WebhookSink:
             raise RuntimeError("WebhookSink is not running")
         return f"http://{HOST}:{self._port}/webhook"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._receive)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -124,14 +125,8 @@ class WebhookSink:
         site = web.TCPSite(self._runner, HOST, 0)
         await site.start()
         self._port = self._runner.addresses[0][1]
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
