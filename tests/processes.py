@@ -17,6 +17,15 @@ from tests.store_switch import env_for
 START_TIMEOUT = 20.0
 
 
+def logged_lines(path: Path) -> list[str]:
+    """The complete lines of a log another process appends to: a line it is still writing
+    (no newline yet) is left for the next read."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [line for line in data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines() if line]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

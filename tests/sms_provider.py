@@ -27,7 +27,7 @@ from typing import Any, Self
 import pytest
 from aiohttp import web
 
-from tests.processes import free_port, http_ok, stop_process, wait_ready
+from tests.processes import free_port, http_ok, logged_lines, stop_process, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANG_SECONDS = 30.0
@@ -210,10 +210,7 @@ class SmsProviderProcess:
         return self.start()
 
     def requests(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line]
+        return [json.loads(line) for line in logged_lines(self.log)]
 
     def _out(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""

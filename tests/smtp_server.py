@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.processes import free_port, stop_process, tcp_open, wait_ready
+from tests.processes import free_port, logged_lines, stop_process, tcp_open, wait_ready
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -297,7 +297,7 @@ class SmtpServer:
     def sessions(self) -> int:
         """How many client connections said EHLO/HELO (distinct client addresses)."""
         path = self.maildir / SESSIONS_LOG
-        return len(set(path.read_text().splitlines())) if path.exists() else 0
+        return len(set(logged_lines(path)))
 
 
 class SmtpServerFactory(Protocol):

@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.processes import free_port, http_ok, stop_process, wait_ready
+from tests.processes import free_port, http_ok, logged_lines, stop_process, wait_ready
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -197,10 +197,7 @@ class WebhookReceiver:
 
     def requests(self) -> list[LoggedRequest]:
         """Every request logged so far, in order of arrival (across restarts)."""
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line]
+        return [json.loads(line) for line in logged_lines(self.log)]
 
     def _out(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
