@@ -172,7 +172,12 @@ async def test_broker_crash_without_persistence_is_repaired_on_its_return(
         return len(topics) >= WANZHOU_TOPICS + 2
 
     await until(repaired, within=BACK_WITHIN_S, what="retained topics republished")
-    after = await retained(mosquitto.url)
+    # A reader on a loaded machine may get only part of the retained set in one window: the
+    # figures asserted are those of a read that saw the whole of it, within a bound.
+    for _ in range(20):
+        after = await retained(mosquitto.url)
+        if len(topics_of(after, red["id"])) >= WANZHOU_TOPICS:
+            break
     assert len(topics_of(after, red["id"])) == WANZHOU_TOPICS
     assert len(topics_of(after, yellow["id"])) == 2
     assert topics_of(after, gone["id"]) == set()  # a clear is not undone
