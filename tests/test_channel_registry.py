@@ -85,7 +85,7 @@ PAGER = ChannelSpec(
     name="pager",
     options=PagerOptions,
     build=_build,
-    capabilities=Capabilities(receipts=True, clears=True),
+    capabilities=Capabilities(clears=True),
     township=TownshipEndpoints(PagerFields, _target),
     receipt_sources=frozenset({PAGER_SOURCE}),
 )

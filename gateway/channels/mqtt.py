@@ -381,7 +381,7 @@ SPEC = ChannelSpec(
     name="mqtt",
     options=MqttOptions,
     build=_build,
-    capabilities=Capabilities(receipts=True, clears=True),
+    capabilities=Capabilities(clears=True),
     concurrency=DEFAULT_CONCURRENCY,
     audiences=frozenset({"public"}),
     env={"url": "GATEWAY_MQTT_URL"},

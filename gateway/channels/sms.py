@@ -27,7 +27,6 @@ from gateway.channels.base import Channel, Message, Outcome, PerWarning, parse_r
 from gateway.channels.sms_receipts import RECEIPT_SOURCE
 from gateway.channels.spec import (
     BuildContext,
-    Capabilities,
     ChannelOptions,
     ChannelSpec,
     EndpointFields,
@@ -352,7 +351,6 @@ SPEC = ChannelSpec(
     name="sms",
     options=SmsOptions,
     build=_build,
-    capabilities=Capabilities(receipts=True),
     concurrency=DEFAULT_CONCURRENCY,
     check=_check,
     township=TownshipEndpoints(SmsFields, _target),

@@ -60,8 +60,6 @@ class Target:
 class Capabilities:
     """What a channel can do, beyond `send`."""
 
-    receipts: bool = False
-    """A delivery may be confirmed after `send` returned (a provider callback, a board ack)."""
     clears: bool = False
     """`Channel.clear` withdraws what `send` left at an endpoint (a retained message)."""
     max_body: int | None = None
@@ -112,6 +110,11 @@ class ChannelSpec(Generic[Opts]):
     leads: bool = False
     """Its deliveries of a level go out before other channels take theirs: it reaches
     everyone in an area at once (boards and loudspeakers)."""
+
+    @property
+    def receipts(self) -> bool:
+        """A delivery may be confirmed after `send` returned (a provider callback, a board ack)."""
+        return bool(self.receipt_sources)
 
     def options_of(self, settings: ChannelOptions) -> Opts:
         """`settings` (validated for this channel) as its own options type."""
